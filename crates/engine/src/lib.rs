@@ -1,0 +1,26 @@
+//! The pure HA decision engine.
+//!
+//! `decide(&Observation, &Memory) -> Decision` turns what the agent observed in
+//! one cycle into the list of actions to run and the one-line reason that is
+//! logged and shown by the REST API. It never performs I/O, never reads a
+//! clock (time is the `now_ms` input, a monotonic millisecond counter) and
+//! never depends on tokio, etcd or PostgreSQL client crates, so every branch is
+//! unit-tested with exact action lists and property-tested over random
+//! observation sequences.
+//!
+//! Safety rules the engine owns:
+//! * a node only acts as primary while it holds the leader key *and* its last
+//!   successful lease renewal (by send time) is younger than the fence deadline;
+//! * a primary that cannot confirm its lease demotes before the lease could
+//!   have expired in etcd, whatever etcd says;
+//! * after a gap in `now_ms` (a frozen process), the first action of a node
+//!   that was primary is to fence, never to renew from stale knowledge.
+
+mod decide;
+mod observation;
+
+pub use decide::decide;
+pub use observation::{
+    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
+    TaskKind, TaskOutcome,
+};

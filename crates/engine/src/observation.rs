@@ -1,0 +1,166 @@
+//! Inputs and outputs of the decision engine.
+
+use pgwarden_types::{ClusterSnapshot, DynamicConfig, LocalPgState, Lsn, Role, Tags};
+
+/// Who this node is (from its local configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub tags: Tags,
+    /// The local configuration has a `bootstrap` section (Patroni only races for
+    /// `initialize` when it does).
+    pub can_bootstrap: bool,
+    /// Dynamic configuration from `bootstrap.dcs`, used before the `config` key exists.
+    pub bootstrap_config: DynamicConfig,
+}
+
+/// What the consensus store looked like this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DcsView {
+    /// A fresh, linearizable snapshot read this cycle.
+    Available(ClusterSnapshot),
+    /// The store did not answer within `retry_timeout`.
+    Unreachable,
+}
+
+/// What another member's `GET /patroni` said during a leader race.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerReport {
+    pub name: String,
+    /// `false` when the request failed or timed out; such members are ignored.
+    pub reachable: bool,
+    pub role: Option<Role>,
+    /// WAL position: `xlog.location` of a primary, or max(received, replayed) of a replica.
+    pub wal_position: Option<Lsn>,
+    pub timeline: Option<u32>,
+    pub tags: Tags,
+    pub watchdog_failed: bool,
+}
+
+/// A long-running action executed by the agent outside the cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    Initdb,
+    Clone,
+    Rewind,
+    Start,
+    Stop,
+    Promote,
+    Restart,
+}
+
+/// The result of the last long action, reported once in the cycle after it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOutcome {
+    pub kind: TaskKind,
+    pub success: bool,
+    /// One-line error for failures, shown to the operator.
+    pub message: String,
+}
+
+/// Everything the agent observed in one cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Monotonic milliseconds (an arbitrary origin, never wall-clock).
+    pub now_ms: u64,
+    pub me: NodeIdentity,
+    pub dcs: DcsView,
+    pub local: LocalPgState,
+    /// Reports of other members, filled by the agent when the leader key is
+    /// missing (the race) or a switchover/failover is being evaluated.
+    pub peers: Vec<PeerReport>,
+    /// Send time (monotonic ms) of the last lease renewal etcd confirmed.
+    /// `None` when this process has never held a confirmed lease.
+    pub last_lease_renewal_sent_ms: Option<u64>,
+    /// Long action still running (the engine waits, or cancels/fences).
+    pub running_task: Option<TaskKind>,
+    /// Long action that finished since the previous cycle.
+    pub finished_task: Option<TaskOutcome>,
+    /// SIGTERM received: stop PostgreSQL cleanly and hand leadership over.
+    pub shutdown_requested: bool,
+}
+
+/// How to stop a primary that must no longer accept writes (Patroni's demotion modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoteMode {
+    /// Lost contact with the store: fast stop, keep the key (it will expire).
+    Offline,
+    /// Planned switchover: checkpoint, fast stop, release the key once a replica has all WAL.
+    Graceful,
+    /// Crash or start timeout: immediate stop and release the key.
+    Immediate,
+    /// Lost the lock: immediate stop, nothing to release.
+    ImmediateNoLock,
+}
+
+/// One step for the executor. Leadership side effects carry the revision they were decided under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create `initialize` = "" if absent (create_revision == 0).
+    RaceInitialize,
+    /// Run initdb, write config files, start as primary, create roles; on success
+    /// store the system identifier in `initialize`, seed `config`, take the leader key.
+    Bootstrap,
+    /// Take the leader key with our lease if absent (create_revision == 0).
+    AcquireLeader,
+    /// Refresh our lease and make sure the leader key still holds our name under it.
+    RenewLeader,
+    /// Delete the leader key if it still holds our name.
+    ReleaseLeader,
+    /// Write `{}` to `failover` if it is still at `mod_revision`.
+    ClearFailover { mod_revision: i64 },
+    /// Store our system identifier in `initialize` (adopting an existing cluster).
+    WriteInitialize { system_identifier: String },
+    /// Seed the `config` key from `bootstrap.dcs` (only when it is missing).
+    SeedConfig,
+    /// pg_basebackup from this member into the (empty) data directory.
+    CloneFrom { member: String },
+    /// Start PostgreSQL as a primary (no standby.signal) — only while holding the lock.
+    StartPrimary,
+    /// Start PostgreSQL as a replica following `leader` (None: no upstream yet).
+    StartReplica { leader: Option<String> },
+    /// Point a running replica at a new upstream (rewrite primary_conninfo, reload).
+    Follow { leader: String },
+    /// Promote the running replica (pg_ctl promote) — only while holding the lock.
+    Promote,
+    /// Stop accepting writes.
+    Demote { mode: DemoteMode },
+    /// Stop PostgreSQL (fast) without touching leadership.
+    Stop,
+    /// pg_rewind from `source` (the server must be stopped first).
+    Rewind { source: String },
+    /// Remove the data directory so that the next cycles clone again.
+    WipeDataDir,
+    /// Create missing physical slots for these members and drop slots of members that are gone.
+    SyncSlots { members: Vec<String> },
+    /// Record the current timeline in `history` (leader, after promotion).
+    UpdateHistory,
+    /// Publish `status` (optime, slots).
+    WriteStatus,
+}
+
+/// State the engine carries from one cycle to the next (plain data, owned by the agent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Memory {
+    /// `now_ms` of the previous cycle, to detect freezes (large gaps).
+    pub last_cycle_ms: Option<u64>,
+    /// When a crashed primary's restart began, for `primary_start_timeout`.
+    pub primary_start_began_ms: Option<u64>,
+    /// The leader we last followed, to detect leader changes.
+    pub last_leader: Option<String>,
+    /// Last rewind attempt failed; do not try again until the leader changes.
+    pub rewind_failed: bool,
+    /// This node was primary when it last observed PostgreSQL (survives restarts of PG).
+    pub was_primary: bool,
+    /// Last reason logged, so the agent logs a decision once when it changes.
+    pub last_reason: String,
+}
+
+/// The engine's answer for one cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// One sentence in Patroni's style, e.g. "no action: I am the leader with the lock".
+    pub reason: String,
+    pub memory: Memory,
+}
