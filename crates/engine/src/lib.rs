@@ -16,11 +16,26 @@
 //! * after a gap in `now_ms` (a frozen process), the first action of a node
 //!   that was primary is to fence, never to renew from stale knowledge.
 
+mod bootstrap;
 mod decide;
+mod fencing;
+mod follower;
+mod leader;
 mod observation;
+mod race;
+mod recover;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 
 pub use decide::decide;
 pub use observation::{
-    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
-    TaskKind, TaskOutcome,
+    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport, TaskKind,
+    TaskOutcome,
 };

@@ -1,0 +1,152 @@
+//! This node holds the leader key and PostgreSQL answers (patroni-compat §2.6, §2.7).
+//!
+//! Every decision here starts with `RenewLeader` (the executor stops at once
+//! when the renewal fails), except in pause with a replica (the key is
+//! released) and the switchover demotion (which renews first as well).
+//! The leader alone maintains `history`, `status`, slots, `config` seeding and
+//! `initialize`; it never promotes before renewing.
+//! Scheduled switchovers (`scheduled_at`) are not executed yet: the key is
+//! left in place and the reason says so.
+
+use pgwarden_types::Lsn;
+
+use crate::decide::{Ctx, Outcome};
+use crate::observation::{Action, DemoteMode};
+
+/// Leader key is mine; PostgreSQL runs and answers.
+pub(crate) fn holding_lock(ctx: &mut Ctx<'_>) -> Outcome {
+    let me = ctx.me();
+    let local = ctx.local();
+    let is_primary = local.in_recovery == Some(false);
+    if ctx.cfg.pause {
+        if is_primary {
+            return Outcome::new(
+                vec![Action::RenewLeader],
+                format!("no action: I am ({me}), the leader with the lock"),
+            );
+        }
+        return Outcome::new(
+            vec![Action::ReleaseLeader],
+            "removed leader lock because postgres is not running as primary",
+        );
+    }
+    if !is_primary {
+        return Outcome::new(
+            vec![Action::RenewLeader, Action::Promote],
+            "promoted self to leader because I had the session lock",
+        );
+    }
+    if let Some(out) = switchover(ctx) {
+        return out;
+    }
+    Outcome::new(
+        upkeep(ctx),
+        format!("no action: I am ({me}), the leader with the lock"),
+    )
+}
+
+/// What a healthy primary leader does every cycle.
+fn upkeep(ctx: &Ctx<'_>) -> Vec<Action> {
+    let snap = ctx.snap;
+    let local = ctx.local();
+    let mut actions = vec![Action::RenewLeader];
+    if local.timeline.is_some_and(|t| t > snap.timeline()) {
+        actions.push(Action::UpdateHistory);
+    }
+    actions.push(Action::WriteStatus);
+    if ctx.cfg.use_slots {
+        let members = snap
+            .members
+            .iter()
+            .filter(|m| m.name != ctx.me())
+            .map(|m| m.name.clone())
+            .collect();
+        actions.push(Action::SyncSlots { members });
+    }
+    if snap.config.is_none() {
+        actions.push(Action::SeedConfig);
+    }
+    if snap.system_identifier().is_none() {
+        if let Some(sysid) = local.system_identifier() {
+            actions.push(Action::WriteInitialize {
+                system_identifier: sysid.to_string(),
+            });
+        }
+    }
+    actions
+}
+
+/// A `failover` key addressed to this leader (patroni-compat §2.7).
+fn switchover(ctx: &Ctx<'_>) -> Option<Outcome> {
+    let me = ctx.me();
+    let failover = ctx.snap.failover.as_ref()?;
+    let req = ctx.snap.failover_request()?;
+    let clear = |why: String| {
+        let mut actions = upkeep(ctx);
+        actions.push(Action::ClearFailover {
+            mod_revision: failover.mod_revision,
+        });
+        Some(Outcome::new(actions, why))
+    };
+    if let Some(named) = req.leader.as_deref() {
+        if named != me {
+            return clear(format!(
+                "cleared the failover key: it names ({named}) as the leader but I am ({me})"
+            ));
+        }
+    }
+    if let Some(at) = &req.scheduled_at {
+        return Some(Outcome::new(
+            upkeep(ctx),
+            format!(
+                "no action: I am ({me}), the leader with the lock; the switchover scheduled at \
+                 {at} is not executed (scheduled switchovers are not supported yet)"
+            ),
+        ));
+    }
+    let reference = ctx.local().write_lsn.or(ctx.snap.status.optime.map(Lsn));
+    let switchover = req.leader.is_some();
+    let target = match req.member.as_deref() {
+        Some(candidate) if candidate == me => {
+            return clear(format!(
+                "cleared the failover key: the candidate ({me}) already is the leader"
+            ));
+        }
+        Some(candidate) => {
+            let verdict = match ctx.snap.member(candidate) {
+                None => Err("it is not a member of the cluster".to_string()),
+                Some(m) => ctx.member_can_take_over(m, reference, switchover),
+            };
+            if let Err(why) = verdict {
+                return clear(format!(
+                    "manual failover: candidate ({candidate}) is not eligible ({why}); \
+                     cleared the failover key"
+                ));
+            }
+            candidate.to_string()
+        }
+        None => {
+            let found = ctx
+                .snap
+                .members
+                .iter()
+                .find(|m| ctx.member_can_take_over(m, reference, switchover).is_ok());
+            match found {
+                Some(m) => m.name.clone(),
+                None => return clear(
+                    "manual failover: no member is eligible to take over; cleared the failover key"
+                        .to_string(),
+                ),
+            }
+        }
+    };
+    Some(Outcome::new(
+        vec![
+            Action::RenewLeader,
+            Action::Demote {
+                mode: DemoteMode::Graceful,
+            },
+        ],
+        format!("manual failover: demoting myself so that ({target}) takes over"),
+    ))
+}

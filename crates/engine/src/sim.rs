@@ -1,0 +1,754 @@
+//! Simulation: three engines against a tiny model of the lease store,
+//! stepped by random schedules (reliability-plan §6, property 6).
+//!
+//! Model. One global simulated clock (ms). The store holds one lease per node
+//! (expiring `ttl` after the node's last confirmed keepalive) and one leader
+//! key (a node name on that node's lease; gone once the lease expires), with
+//! CAS semantics: `AcquireLeader` only when the key is absent, `RenewLeader`
+//! only when it holds our name, `ReleaseLeader` only when it holds our name.
+//! PostgreSQL is a role (stopped / replica / primary), a WAL position and a
+//! timeline. Each schedule step picks a node, advances the clock (sometimes
+//! by a long freeze), decides whether that node reaches the store, and either
+//! runs a whole cycle or decides now and executes later (a process frozen
+//! between deciding and acting).
+//!
+//! Invariant checked after every step (acting sets only shrink between
+//! steps, so this covers every instant): at most one node is *acting primary*,
+//! i.e. its PostgreSQL is primary after its last executed action and its
+//! fence deadline has not passed since it last confirmed leadership
+//! (`now < send time of the last keepalive confirmed while the leader key was
+//! on its lease + fence_deadline_ms`). A plain member keepalive does not
+//! count: after a freeze the lease may be fresh while the key is someone
+//! else's, and the engine then demotes in that same cycle. Also: a node promoted by a race is never lagging more
+//! than `maximum_lag_on_failover` behind the optime it saw (unless a failover
+//! request named it), in sync mode an unlisted node never holds the key, and
+//! the engine never starts a long action while one runs.
+
+use pgwarden_types::{
+    ClusterSnapshot, ClusterStatus, DataDirState, DynamicConfig, FailoverRequest, HistoryLine,
+    LeaderKey, LocalPgState, Lsn, Member, MemberData, PgClusterState, PgState, Role, SyncState,
+    Tags, Versioned,
+};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::{
+    decide, Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
+    TaskKind, TaskOutcome,
+};
+
+const NAMES: [&str; 3] = ["n1", "n2", "n3"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pg {
+    Stopped,
+    Replica,
+    Primary,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    mem: Memory,
+    pg: Pg,
+    lsn: u64,
+    timeline: u32,
+    following: Option<String>,
+    cluster_state: PgClusterState,
+    standby_signal: bool,
+    empty: bool,
+    keepalive_sent: Option<u64>,
+    /// Send time of the last keepalive confirmed while the leader key was on
+    /// this node's lease: the node's valid belief that it leads.
+    leader_confirmed: Option<u64>,
+    task: Option<(TaskKind, u8)>,
+    finished: Option<TaskOutcome>,
+    /// Decided but not yet executed (frozen between decide and act).
+    pending: Option<(Decision, Observation)>,
+}
+
+#[derive(Debug, Clone)]
+struct Store {
+    revision: i64,
+    lease_expiry: [u64; 3],
+    leader: Option<(usize, i64)>,
+    history: Vec<HistoryLine>,
+    optime: Option<u64>,
+    failover: Option<Versioned<FailoverRequest>>,
+    sync: Option<Versioned<SyncState>>,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    node: usize,
+    dt: u64,
+    reachable: bool,
+    defer: bool,
+    peers_reachable: [bool; 3],
+    task_len: u8,
+    wal_inc: u64,
+    catchup: [u64; 3],
+    failover_to: Option<usize>,
+}
+
+struct World {
+    now: u64,
+    cfg: DynamicConfig,
+    cfg_json: Value,
+    nodes: Vec<Node>,
+    store: Store,
+    promotions: usize,
+}
+
+fn idx(name: &str) -> usize {
+    NAMES.iter().position(|n| *n == name).expect("known node")
+}
+
+impl World {
+    fn new(sync: bool) -> World {
+        let mut cfg_json = json!({
+            "ttl": 10, "loop_wait": 2, "retry_timeout": 4,
+            "maximum_lag_on_failover": 1000,
+            "postgresql": {"use_pg_rewind": true},
+        });
+        if sync {
+            cfg_json["synchronous_mode"] = json!(true);
+        }
+        let cfg = DynamicConfig::from_json(&cfg_json).expect("config");
+        let node = Node {
+            mem: Memory::default(),
+            pg: Pg::Stopped,
+            lsn: 1000,
+            timeline: 1,
+            following: None,
+            cluster_state: PgClusterState::ShutDownInRecovery,
+            standby_signal: true,
+            empty: false,
+            keepalive_sent: None,
+            leader_confirmed: None,
+            task: None,
+            finished: None,
+            pending: None,
+        };
+        let sync_key = sync.then(|| Versioned {
+            value: SyncState {
+                leader: Some("n1".into()),
+                quorum: 0,
+                sync_standby: Some("n2".into()),
+            },
+            mod_revision: 1,
+        });
+        World {
+            now: 1_000_000,
+            cfg,
+            cfg_json,
+            nodes: vec![node.clone(), node.clone(), node],
+            store: Store {
+                revision: 1,
+                lease_expiry: [0; 3],
+                leader: None,
+                history: Vec::new(),
+                optime: None,
+                failover: None,
+                sync: sync_key,
+            },
+            promotions: 0,
+        }
+    }
+
+    fn expire(&mut self) {
+        if let Some((holder, _)) = self.store.leader {
+            if self.store.lease_expiry[holder] <= self.now {
+                self.store.leader = None;
+            }
+        }
+    }
+
+    fn keepalive(&mut self, i: usize) {
+        self.store.lease_expiry[i] = self.now + self.cfg.ttl * 1000;
+        self.nodes[i].keepalive_sent = Some(self.now);
+        if self.store.leader.map(|l| l.0) == Some(i) {
+            self.nodes[i].leader_confirmed = Some(self.now);
+        }
+    }
+
+    fn local(&self, i: usize) -> LocalPgState {
+        let n = &self.nodes[i];
+        let data_dir = if n.empty {
+            DataDirState::Empty
+        } else {
+            DataDirState::Initialized {
+                system_identifier: "7".into(),
+                cluster_state: n.cluster_state,
+                checkpoint_timeline: n.timeline,
+                standby_signal: n.standby_signal,
+            }
+        };
+        let running = n.pg != Pg::Stopped;
+        LocalPgState {
+            data_dir,
+            postmaster_pid: running.then_some(100 + i as u32),
+            accepting_connections: running,
+            in_recovery: running.then_some(n.pg == Pg::Replica),
+            timeline: running.then_some(n.timeline),
+            write_lsn: (n.pg == Pg::Primary).then_some(Lsn(n.lsn)),
+            receive_lsn: (n.pg == Pg::Replica).then_some(Lsn(n.lsn)),
+            replay_lsn: (n.pg == Pg::Replica).then_some(Lsn(n.lsn)),
+            streaming: n.pg == Pg::Replica && n.following.is_some(),
+            following: n.following.clone(),
+            ..LocalPgState::empty()
+        }
+    }
+
+    fn snapshot(&self) -> ClusterSnapshot {
+        let members = (0..3)
+            .map(|j| {
+                let n = &self.nodes[j];
+                Member {
+                    name: NAMES[j].into(),
+                    data: MemberData {
+                        state: if n.pg == Pg::Stopped {
+                            PgState::Stopped
+                        } else {
+                            PgState::Running
+                        },
+                        role: if n.pg == Pg::Primary {
+                            Role::Primary
+                        } else {
+                            Role::Replica
+                        },
+                        xlog_location: Some(n.lsn),
+                        timeline: Some(n.timeline),
+                        ..MemberData::empty()
+                    },
+                    mod_revision: 1,
+                    lease: j as i64 + 1,
+                }
+            })
+            .collect();
+        ClusterSnapshot {
+            revision: self.store.revision,
+            initialize: Some("7".into()),
+            config: Some(Versioned {
+                value: self.cfg_json.clone(),
+                mod_revision: 1,
+            }),
+            leader: self.store.leader.map(|(h, rev)| LeaderKey {
+                name: NAMES[h].into(),
+                create_revision: rev,
+                mod_revision: rev,
+                lease: h as i64 + 1,
+            }),
+            members,
+            failover: self.store.failover.clone(),
+            sync: self.store.sync.clone(),
+            history: self.store.history.clone(),
+            status: ClusterStatus {
+                optime: self.store.optime,
+                ..ClusterStatus::default()
+            },
+            failsafe: None,
+        }
+    }
+
+    fn acting_primaries(&self) -> Vec<usize> {
+        let deadline = self.cfg.fence_deadline_ms();
+        (0..3)
+            .filter(|&j| {
+                let n = &self.nodes[j];
+                n.pg == Pg::Primary && n.leader_confirmed.is_some_and(|t| self.now < t + deadline)
+            })
+            .collect()
+    }
+
+    fn step(&mut self, s: &Step) -> Result<(), String> {
+        self.now += s.dt;
+        self.expire();
+        let i = s.node;
+        if let Some(j) = s.failover_to {
+            if let Some((h, _)) = self.store.leader {
+                if j != h {
+                    self.store.revision += 1;
+                    self.store.failover = Some(Versioned {
+                        value: FailoverRequest {
+                            leader: Some(NAMES[h].into()),
+                            member: Some(NAMES[j].into()),
+                            scheduled_at: None,
+                        },
+                        mod_revision: self.store.revision,
+                    });
+                }
+            }
+        }
+        // A decision taken before a freeze is executed now, against today's store.
+        if let Some((d, obs)) = self.nodes[i].pending.take() {
+            self.execute(i, &d, &obs, s)?;
+        } else {
+            // Task bookkeeping: a long action ends after `task_len` cycles.
+            let node = &mut self.nodes[i];
+            if let Some((kind, left)) = node.task {
+                node.task = if left == 0 {
+                    node.finished = Some(TaskOutcome {
+                        kind,
+                        success: true,
+                        message: String::new(),
+                    });
+                    None
+                } else {
+                    Some((kind, left - 1))
+                };
+            }
+            if s.reachable {
+                self.keepalive(i);
+            }
+            let obs = self.observe(i, s);
+            let d = decide(&obs, &self.nodes[i].mem);
+            self.nodes[i].mem = d.memory.clone();
+            self.nodes[i].finished = None;
+            if s.defer {
+                self.nodes[i].pending = Some((d, obs));
+            } else {
+                self.execute(i, &d, &obs, s)?;
+                // A node that just ran a whole cycle is primary only with a
+                // fresh leadership confirmation: the engine fenced otherwise.
+                let n = &self.nodes[i];
+                let deadline = self.cfg.fence_deadline_ms();
+                if n.pg == Pg::Primary
+                    && n.leader_confirmed.is_none_or(|t| self.now >= t + deadline)
+                {
+                    return Err(format!(
+                        "{} ends a cycle as primary without a fresh lease: {}",
+                        NAMES[i], d.reason
+                    ));
+                }
+            }
+        }
+        self.replicate(s);
+        let acting = self.acting_primaries();
+        if acting.len() > 1 {
+            return Err(format!("two acting primaries at {}: {acting:?}", self.now));
+        }
+        if let (Some(sync), Some((h, _))) = (&self.store.sync, self.store.leader) {
+            if !sync.value.lists(NAMES[h]) {
+                return Err(format!("unlisted {} holds the key in sync mode", NAMES[h]));
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(&self, i: usize, s: &Step) -> Observation {
+        let dcs = if s.reachable {
+            DcsView::Available(self.snapshot())
+        } else {
+            DcsView::Unreachable
+        };
+        let peers = if s.reachable && self.store.leader.is_none() {
+            (0..3)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let n = &self.nodes[j];
+                    PeerReport {
+                        name: NAMES[j].into(),
+                        reachable: s.peers_reachable[j],
+                        role: Some(if n.pg == Pg::Primary {
+                            Role::Primary
+                        } else {
+                            Role::Replica
+                        }),
+                        wal_position: Some(Lsn(n.lsn)),
+                        timeline: Some(n.timeline),
+                        tags: Tags::default(),
+                        watchdog_failed: false,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let n = &self.nodes[i];
+        Observation {
+            now_ms: self.now,
+            me: NodeIdentity {
+                name: NAMES[i].into(),
+                tags: Tags::default(),
+                can_bootstrap: true,
+                bootstrap_config: self.cfg.clone(),
+            },
+            dcs,
+            local: self.local(i),
+            peers,
+            last_lease_renewal_sent_ms: n.keepalive_sent,
+            running_task: n.task.map(|(k, _)| k),
+            finished_task: n.finished.clone(),
+            shutdown_requested: false,
+        }
+    }
+
+    fn execute(
+        &mut self,
+        i: usize,
+        d: &Decision,
+        obs: &Observation,
+        s: &Step,
+    ) -> Result<(), String> {
+        let reachable = s.reachable;
+        let mut raced = false;
+        for action in &d.actions {
+            let long = !matches!(
+                action,
+                Action::RenewLeader
+                    | Action::AcquireLeader
+                    | Action::ReleaseLeader
+                    | Action::ClearFailover { .. }
+                    | Action::WriteInitialize { .. }
+                    | Action::SeedConfig
+                    | Action::SyncSlots { .. }
+                    | Action::UpdateHistory
+                    | Action::WriteStatus
+                    | Action::Follow { .. }
+                    | Action::RaceInitialize
+            );
+            if long && obs.running_task.is_some() && !matches!(action, Action::Demote { .. }) {
+                return Err(format!(
+                    "{action:?} started while {:?} runs",
+                    obs.running_task
+                ));
+            }
+            self.expire();
+            match action {
+                Action::AcquireLeader => {
+                    if !reachable || self.store.leader.is_some() {
+                        return Ok(());
+                    }
+                    self.store.revision += 1;
+                    self.store.leader = Some((i, self.store.revision));
+                    self.keepalive(i);
+                    self.nodes[i].leader_confirmed = Some(self.now);
+                    raced = true;
+                }
+                Action::RenewLeader => {
+                    if !reachable || self.store.leader.map(|l| l.0) != Some(i) {
+                        return Ok(());
+                    }
+                    self.keepalive(i);
+                }
+                Action::ReleaseLeader if reachable && self.store.leader.map(|l| l.0) == Some(i) => {
+                    self.store.leader = None;
+                }
+                Action::ClearFailover { mod_revision }
+                    if reachable
+                        && self
+                            .store
+                            .failover
+                            .as_ref()
+                            .is_some_and(|f| f.mod_revision == *mod_revision) =>
+                {
+                    self.store.failover = None;
+                }
+                Action::WriteStatus if reachable => self.store.optime = Some(self.nodes[i].lsn),
+                Action::UpdateHistory if reachable => {
+                    let tl = self.nodes[i].timeline;
+                    if self
+                        .store
+                        .history
+                        .last()
+                        .is_none_or(|h| h.timeline + 1 < tl)
+                    {
+                        self.store.history.push(HistoryLine {
+                            timeline: tl - 1,
+                            switch_lsn: self.nodes[i].lsn,
+                            reason: "no recovery target specified".into(),
+                            timestamp: None,
+                            new_leader: Some(NAMES[i].into()),
+                        });
+                    }
+                }
+                Action::Promote => {
+                    if raced {
+                        self.check_lag(i, obs)?;
+                    }
+                    let n = &mut self.nodes[i];
+                    n.pg = Pg::Primary;
+                    n.timeline += 1;
+                    n.standby_signal = false;
+                    n.cluster_state = PgClusterState::InProduction;
+                    n.following = None;
+                    n.task = Some((TaskKind::Promote, s.task_len));
+                    self.promotions += 1;
+                }
+                Action::StartPrimary => {
+                    let n = &mut self.nodes[i];
+                    n.pg = if n.standby_signal {
+                        Pg::Replica
+                    } else {
+                        Pg::Primary
+                    };
+                    n.cluster_state = PgClusterState::InProduction;
+                    n.task = Some((TaskKind::Start, s.task_len));
+                }
+                Action::StartReplica { leader } => {
+                    let n = &mut self.nodes[i];
+                    n.pg = Pg::Replica;
+                    n.standby_signal = true;
+                    n.cluster_state = PgClusterState::InArchiveRecovery;
+                    n.following = leader.clone();
+                    n.task = Some((TaskKind::Start, s.task_len));
+                }
+                Action::Follow { leader } => self.nodes[i].following = Some(leader.clone()),
+                Action::Demote { mode } => {
+                    let release = matches!(mode, DemoteMode::Graceful | DemoteMode::Immediate);
+                    let n = &mut self.nodes[i];
+                    n.pg = Pg::Stopped;
+                    n.cluster_state = match mode {
+                        DemoteMode::Graceful | DemoteMode::Offline => PgClusterState::ShutDown,
+                        _ => PgClusterState::InProduction,
+                    };
+                    n.task = Some((TaskKind::Stop, s.task_len));
+                    if release && reachable && self.store.leader.map(|l| l.0) == Some(i) {
+                        self.store.leader = None;
+                    }
+                }
+                Action::Stop => {
+                    let n = &mut self.nodes[i];
+                    n.pg = Pg::Stopped;
+                    n.task = Some((TaskKind::Stop, s.task_len));
+                }
+                Action::Rewind { source } => {
+                    let src = self.nodes[idx(source)].clone();
+                    let n = &mut self.nodes[i];
+                    if n.pg != Pg::Stopped {
+                        return Err("pg_rewind on a running server".into());
+                    }
+                    n.lsn = n.lsn.min(src.lsn);
+                    n.timeline = src.timeline;
+                    n.cluster_state = PgClusterState::InArchiveRecovery;
+                    n.task = Some((TaskKind::Rewind, s.task_len));
+                }
+                Action::WipeDataDir => self.nodes[i].empty = true,
+                Action::CloneFrom { member } => {
+                    let src = self.nodes[idx(member)].clone();
+                    let n = &mut self.nodes[i];
+                    n.empty = false;
+                    n.lsn = src.lsn;
+                    n.timeline = src.timeline;
+                    n.standby_signal = true;
+                    n.cluster_state = PgClusterState::InArchiveRecovery;
+                    n.task = Some((TaskKind::Clone, s.task_len));
+                }
+                Action::RaceInitialize | Action::Bootstrap => {
+                    return Err("bootstrap attempted in an initialized cluster".into())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A node promoted by a race was within `maximum_lag_on_failover` of the
+    /// optime it saw, unless a failover request named it.
+    fn check_lag(&self, i: usize, obs: &Observation) -> Result<(), String> {
+        let DcsView::Available(snap) = &obs.dcs else {
+            return Err("promoted without a snapshot".into());
+        };
+        let named = snap.failover_request().and_then(|r| r.member.as_deref()) == Some(NAMES[i]);
+        if let (Some(optime), false) = (snap.status.optime, named) {
+            let lag = optime.saturating_sub(self.nodes[i].lsn);
+            if lag > self.cfg.maximum_lag_on_failover {
+                return Err(format!("{} promoted lagging {lag} bytes", NAMES[i]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Primaries write; replicas that stream from a primary on their timeline catch up.
+    fn replicate(&mut self, s: &Step) {
+        for j in 0..3 {
+            if self.nodes[j].pg == Pg::Primary {
+                self.nodes[j].lsn += s.wal_inc;
+            }
+        }
+        for j in 0..3 {
+            let Some(up) = self.nodes[j].following.as_deref().map(idx) else {
+                continue;
+            };
+            let src = &self.nodes[up];
+            if self.nodes[j].pg == Pg::Replica
+                && src.pg != Pg::Stopped
+                && src.timeline >= self.nodes[j].timeline
+                && src.lsn >= self.nodes[j].lsn
+            {
+                let target = src.lsn.min(self.nodes[j].lsn + s.catchup[j]);
+                let tl = src.timeline;
+                self.nodes[j].lsn = target;
+                self.nodes[j].timeline = tl;
+            }
+        }
+    }
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    (
+        0..3usize,
+        prop_oneof![9 => 0..3_000u64, 1 => 5_000..30_000u64],
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.1),
+        [
+            prop::bool::weighted(0.8),
+            prop::bool::weighted(0.8),
+            prop::bool::weighted(0.8),
+        ],
+        0..3u8,
+        0..600u64,
+        // n3 is a slow replica that may fall more than the lag limit behind.
+        [0..2_000u64, 0..2_000u64, 0..40u64],
+        prop_oneof![30 => Just(None), 1 => (0..3usize).prop_map(Some)],
+    )
+        .prop_map(
+            |(
+                node,
+                dt,
+                reachable,
+                defer,
+                peers_reachable,
+                task_len,
+                wal_inc,
+                catchup,
+                failover_to,
+            )| Step {
+                node,
+                dt,
+                reachable,
+                defer,
+                peers_reachable,
+                task_len,
+                wal_inc,
+                catchup,
+                failover_to,
+            },
+        )
+}
+
+fn run(sync: bool, steps: &[Step]) -> Result<World, String> {
+    let mut world = World::new(sync);
+    for (k, s) in steps.iter().enumerate() {
+        world
+            .step(s)
+            .map_err(|e| format!("step {k} ({s:?}): {e}"))?;
+    }
+    Ok(world)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_two_acting_primaries(sync in any::<bool>(), steps in prop::collection::vec(arb_step(), 1..250)) {
+        if let Err(e) = run(sync, &steps) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// Non-vacuity of the random simulation: over many schedules leaders are
+/// elected and failovers (more than one promotion in a run) happen.
+#[test]
+fn random_schedules_elect_and_fail_over() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
+    let strategy = prop::collection::vec(arb_step(), 200..250);
+    let (mut elected, mut failed_over) = (0, 0);
+    for k in 0..60 {
+        let steps = strategy.new_tree(&mut runner).expect("schedule").current();
+        let world = run(k % 2 == 0, &steps).expect("safe schedule");
+        elected += usize::from(world.promotions > 0);
+        failed_over += usize::from(world.promotions > 1);
+    }
+    assert!(elected >= 30, "only {elected} of 60 runs elected a leader");
+    assert!(
+        failed_over >= 5,
+        "only {failed_over} of 60 runs failed over"
+    );
+}
+
+fn calm(node: usize, dt: u64) -> Step {
+    Step {
+        node,
+        dt,
+        reachable: true,
+        defer: false,
+        peers_reachable: [true; 3],
+        task_len: 0,
+        wal_inc: 100,
+        catchup: [10_000; 3],
+        failover_to: None,
+    }
+}
+
+/// Non-vacuity: a calm schedule elects exactly one primary; freezing it makes
+/// another node take over; the frozen one fences on wake-up and rejoins as a
+/// replica after pg_rewind.
+#[test]
+fn failover_after_freeze_and_rejoin() {
+    let mut steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
+    let mut world = run(false, &steps).expect("calm run");
+    let primaries: Vec<usize> = (0..3)
+        .filter(|&j| world.nodes[j].pg == Pg::Primary)
+        .collect();
+    assert_eq!(primaries.len(), 1, "one primary after a calm start");
+    let old = primaries[0];
+    assert_eq!(world.store.leader.map(|l| l.0), Some(old));
+    // Freeze the primary: only the others step for 20 s.
+    let others: Vec<usize> = (0..3).filter(|&j| j != old).collect();
+    for k in 0..20 {
+        // A frozen agent does not answer /patroni either.
+        let mut s = calm(others[k % 2], 1_000);
+        s.peers_reachable[old] = false;
+        world.step(&s).expect("failover");
+        steps.push(s);
+    }
+    let new = world.store.leader.map(|l| l.0).expect("a new leader");
+    assert_ne!(new, old);
+    assert_eq!(world.nodes[new].pg, Pg::Primary);
+    // The old primary wakes up: its first decision fences.
+    world.step(&calm(old, 500)).expect("wake");
+    assert_eq!(
+        world.nodes[old].pg,
+        Pg::Stopped,
+        "{}",
+        world.nodes[old].mem.last_reason
+    );
+    assert!(world.nodes[old].mem.last_reason.contains("frozen"));
+    for k in 0..12 {
+        world.step(&calm(k % 3, 700)).expect("rejoin");
+    }
+    assert_eq!(
+        world.nodes[old].pg,
+        Pg::Replica,
+        "{}",
+        world.nodes[old].mem.last_reason
+    );
+    assert_eq!(world.nodes[old].following.as_deref(), Some(NAMES[new]));
+    assert!(world.promotions >= 2);
+}
+
+/// A store outage longer than the fence deadline stops the primary before its
+/// key can expire, and nobody promotes while nobody can reach the store.
+#[test]
+fn store_outage_fences_the_primary() {
+    let steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
+    let mut world = run(false, &steps).expect("calm run");
+    let old = world.store.leader.map(|l| l.0).expect("leader");
+    let mut cut = calm(old, 1_000);
+    cut.reachable = false;
+    world.step(&cut).expect("cut");
+    assert_eq!(world.nodes[old].pg, Pg::Stopped);
+    assert!(world.nodes[old]
+        .mem
+        .last_reason
+        .contains("DCS is not accessible"));
+}

@@ -1,0 +1,1196 @@
+//! Unit tests: every branch of `decide`, with the exact action list and the
+//! key words of the reason.
+
+use pgwarden_types::{LocalPgState, Lsn, PgClusterState, PgState, Role, Tags};
+use serde_json::json;
+
+use crate::testkit::*;
+use crate::{Action, DemoteMode, TaskKind};
+
+use Action::*;
+
+fn demote(mode: DemoteMode) -> Action {
+    Demote { mode }
+}
+
+fn slots(names: &[&str]) -> Action {
+    SyncSlots {
+        members: names.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn leader_upkeep() -> Vec<Action> {
+    vec![RenewLeader, WriteStatus, slots(&["n1", "n3"])]
+}
+
+// ---------------------------------------------------------------- fencing
+
+#[test]
+fn primary_demotes_offline_when_dcs_is_unreachable() {
+    expect(
+        &b().primary().unreachable(),
+        vec![demote(DemoteMode::Offline)],
+        &["DCS is not accessible"],
+    );
+}
+
+#[test]
+fn primary_fences_exactly_at_the_deadline() {
+    // Default ttl 10 s: fence deadline 9000 ms after the last confirmed send.
+    let base = b().leader("n2").primary();
+    expect(
+        &base.clone().renewed_ago(8_999),
+        leader_upkeep(),
+        &["the leader with the lock"],
+    );
+    expect(
+        &base.renewed_ago(9_000),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["9000 ms old", "fence deadline of 9000 ms"],
+    );
+}
+
+#[test]
+fn primary_without_any_confirmed_lease_demotes() {
+    expect(
+        &b().leader("n2").primary().never_renewed(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["never confirmed a lease"],
+    );
+}
+
+#[test]
+fn frozen_primary_demotes_even_if_the_key_shows_its_name() {
+    expect(
+        &b().leader("n2").primary().last_cycle_ago(9_000),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["frozen for 9000 ms"],
+    );
+    // A frozen replica has nothing to fence.
+    expect(
+        &b().leader("n1")
+            .local(local_replica(1000, Some("n1")))
+            .last_cycle_ago(60_000),
+        vec![],
+        &["following a leader (n1)"],
+    );
+}
+
+#[test]
+fn fence_deadline_follows_the_dynamic_ttl() {
+    let cfg = json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10});
+    let base = b().config(cfg).leader("n2").primary();
+    expect(
+        &base.clone().renewed_ago(20_000),
+        leader_upkeep(),
+        &["leader with the lock"],
+    );
+    expect(
+        &base.renewed_ago(29_000),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["29000 ms"],
+    );
+}
+
+#[test]
+fn bootstrap_config_is_used_before_the_config_key_exists() {
+    let base = b().no_config_key().leader("n2").primary().me_mut(|me| {
+        me.bootstrap_config.ttl = 30;
+        me.bootstrap_config.loop_wait = 10;
+        me.bootstrap_config.retry_timeout = 10;
+    });
+    let d = base.clone().renewed_ago(20_000).run();
+    assert_eq!(d.actions[0], RenewLeader);
+    assert!(d.actions.contains(&SeedConfig));
+}
+
+#[test]
+fn fencing_ignores_pause() {
+    expect(
+        &b().config(json!({"pause": true}))
+            .leader("n2")
+            .primary()
+            .renewed_ago(9_500),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["PAUSE: ", "fence deadline"],
+    );
+}
+
+#[test]
+fn replica_keeps_running_when_dcs_is_unreachable() {
+    expect(&b().unreachable(), vec![], &["DCS is not accessible"]);
+    expect(
+        &b().unreachable().task(TaskKind::Clone),
+        vec![],
+        &["running replica creation"],
+    );
+}
+
+#[test]
+fn stopped_former_primary_has_nothing_to_fence() {
+    let stopped = local_stopped(PgClusterState::ShutDown, false);
+    expect(
+        &b().local(stopped).was_primary().unreachable(),
+        vec![],
+        &["DCS is not accessible"],
+    );
+}
+
+#[test]
+fn promotion_in_progress_is_fenced() {
+    expect(
+        &b().task(TaskKind::Promote).unreachable(),
+        vec![demote(DemoteMode::Offline)],
+        &["DCS"],
+    );
+}
+
+#[test]
+fn starting_former_primary_is_fenced() {
+    let starting = LocalPgState {
+        data_dir: initialized(PgClusterState::InCrashRecovery, false),
+        postmaster_pid: Some(5),
+        ..LocalPgState::empty()
+    };
+    expect(
+        &b().local(starting.clone()).was_primary().unreachable(),
+        vec![demote(DemoteMode::Offline)],
+        &[],
+    );
+    // The same server starting with standby.signal comes up read-only.
+    let as_replica = LocalPgState {
+        data_dir: initialized(PgClusterState::InCrashRecovery, true),
+        ..starting
+    };
+    expect(
+        &b().local(as_replica).was_primary().unreachable(),
+        vec![],
+        &["DCS is not accessible"],
+    );
+}
+
+#[test]
+fn bootstrap_in_progress_is_not_fenced() {
+    let b = b()
+        .primary()
+        .task(TaskKind::Initdb)
+        .snap(|s| s.initialize = Some(String::new()));
+    expect(&b.clone().unreachable(), vec![], &["running bootstrap"]);
+    expect(&b, vec![], &["running bootstrap"]);
+}
+
+// ---------------------------------------------------------------- bootstrap
+
+fn fresh_cluster() -> B {
+    b().empty_datadir().snap(|s| {
+        s.initialize = None;
+        s.config = None;
+    })
+}
+
+#[test]
+fn empty_cluster_races_for_initialize() {
+    expect(
+        &fresh_cluster(),
+        vec![RaceInitialize, Bootstrap],
+        &["bootstrap a new cluster"],
+    );
+}
+
+#[test]
+fn nofailover_or_no_bootstrap_section_waits() {
+    let nofo = Tags {
+        nofailover: true,
+        ..Tags::default()
+    };
+    expect(
+        &fresh_cluster().tags(nofo),
+        vec![],
+        &["waiting for leader to bootstrap"],
+    );
+    expect(
+        &fresh_cluster().me_mut(|me| me.can_bootstrap = false),
+        vec![],
+        &["waiting for leader to bootstrap"],
+    );
+}
+
+#[test]
+fn initialize_taken_waits_for_leader() {
+    let b = fresh_cluster().snap(|s| s.initialize = Some(String::new()));
+    expect(&b, vec![], &["waiting for leader to bootstrap"]);
+}
+
+#[test]
+fn empty_replica_clones_from_leader_or_clonefrom_member() {
+    expect(
+        &b().empty_datadir().leader("n1"),
+        vec![CloneFrom {
+            member: "n1".into(),
+        }],
+        &["from leader (n1)"],
+    );
+    let tagged = b()
+        .empty_datadir()
+        .leader("n1")
+        .member_mut("n3", |m| m.data.tags.clonefrom = true);
+    expect(
+        &tagged,
+        vec![CloneFrom {
+            member: "n3".into(),
+        }],
+        &["from replica (n3)"],
+    );
+    let stopped = tagged.member_mut("n3", |m| m.data.state = PgState::Stopped);
+    expect(
+        &stopped,
+        vec![CloneFrom {
+            member: "n1".into(),
+        }],
+        &["from leader (n1)"],
+    );
+}
+
+#[test]
+fn never_clones_while_a_task_runs() {
+    expect(
+        &b().empty_datadir().leader("n1").task(TaskKind::Clone),
+        vec![],
+        &["running replica creation"],
+    );
+}
+
+#[test]
+fn empty_datadir_releases_a_held_key() {
+    expect(
+        &b().empty_datadir().leader("n2"),
+        vec![ReleaseLeader],
+        &["data directory", "empty"],
+    );
+}
+
+#[test]
+fn paused_empty_datadir_does_nothing() {
+    expect(
+        &b().empty_datadir()
+            .leader("n1")
+            .config(json!({"pause": true})),
+        vec![],
+        &["PAUSE: ", "empty"],
+    );
+}
+
+#[test]
+fn invalid_datadir_is_reported() {
+    let local = LocalPgState {
+        data_dir: pgwarden_types::DataDirState::Invalid {
+            reason: "no PG_VERSION".into(),
+        },
+        ..LocalPgState::empty()
+    };
+    expect(
+        &b().local(local).leader("n1"),
+        vec![],
+        &["not a valid cluster", "no PG_VERSION"],
+    );
+}
+
+#[test]
+fn foreign_system_identifier_is_refused() {
+    let b = b().leader("n1").snap(|s| s.initialize = Some("999".into()));
+    expect(&b, vec![], &["system identifier mismatch", "7", "999"]);
+}
+
+#[test]
+fn running_primary_adopts_uninitialized_cluster() {
+    let b = b().primary().snap(|s| s.initialize = None);
+    expect(
+        &b,
+        vec![
+            WriteInitialize {
+                system_identifier: SYSID.into(),
+            },
+            AcquireLeader,
+        ],
+        &["acquired session lock as a leader"],
+    );
+}
+
+#[test]
+fn running_replica_refuses_to_adopt() {
+    expect(
+        &b().snap(|s| s.initialize = None),
+        vec![],
+        &["start pgwarden on the primary first"],
+    );
+}
+
+#[test]
+fn stopped_datadir_adopts_and_starts_read_only() {
+    let b = b()
+        .local(local_stopped(PgClusterState::ShutDownInRecovery, true))
+        .snap(|s| s.initialize = None);
+    expect(
+        &b,
+        vec![
+            WriteInitialize {
+                system_identifier: SYSID.into(),
+            },
+            StartReplica { leader: None },
+        ],
+        &["starting as a secondary"],
+    );
+}
+
+// ---------------------------------------------------------------- recover
+
+fn crashed_primary() -> B {
+    b().leader("n2")
+        .local(local_stopped(PgClusterState::InProduction, false))
+        .was_primary()
+}
+
+#[test]
+fn key_holder_restarts_its_crashed_primary() {
+    let d = expect(
+        &crashed_primary(),
+        vec![RenewLeader, StartPrimary],
+        &["starting primary after failure"],
+    );
+    assert_eq!(d.memory.primary_start_began_ms, Some(NOW));
+    assert!(d.memory.was_primary);
+    // A retry keeps the original start time.
+    let again = crashed_primary().memory(|m| m.primary_start_began_ms = Some(NOW - 5_000));
+    assert_eq!(again.run().memory.primary_start_began_ms, Some(NOW - 5_000));
+}
+
+#[test]
+fn agent_restart_learns_former_primary_from_controldata() {
+    let b = b()
+        .leader("n2")
+        .local(local_stopped(PgClusterState::ShutDown, false))
+        .first_cycle();
+    expect(
+        &b,
+        vec![RenewLeader, StartPrimary],
+        &["starting primary after failure"],
+    );
+}
+
+#[test]
+fn primary_start_timeout_hands_over_to_a_healthy_replica() {
+    let late = crashed_primary().memory(|m| m.primary_start_began_ms = Some(NOW - 300_000));
+    expect(
+        &late,
+        vec![ReleaseLeader],
+        &["failing to start postgres", "(n1) can take over"],
+    );
+    // Nobody can take over: keep trying.
+    let alone = late.snap(|s| s.members.retain(|m| m.name == "n2"));
+    expect(
+        &alone,
+        vec![RenewLeader, StartPrimary],
+        &["starting primary after failure"],
+    );
+}
+
+#[test]
+fn zero_primary_start_timeout_fails_over_at_once() {
+    let b = crashed_primary().config(json!({"primary_start_timeout": 0}));
+    expect(
+        &b,
+        vec![ReleaseLeader],
+        &["primary_start_timeout is 0", "(n1)"],
+    );
+    let lagging = b
+        .optime(10_000_000)
+        .member_mut("n1", |m| m.data.xlog_location = Some(1));
+    let d = lagging
+        .member_mut("n3", |m| m.data.state = PgState::Stopped)
+        .run();
+    assert_eq!(d.actions, vec![RenewLeader, StartPrimary], "{}", d.reason);
+}
+
+#[test]
+fn key_holder_that_was_replica_starts_read_only() {
+    let b = b()
+        .leader("n2")
+        .local(local_stopped(PgClusterState::ShutDownInRecovery, true));
+    expect(
+        &b,
+        vec![RenewLeader, StartReplica { leader: None }],
+        &["readonly because I had the session lock"],
+    );
+}
+
+#[test]
+fn stopped_replica_starts_following_the_leader() {
+    let b = b()
+        .leader("n1")
+        .local(local_stopped(PgClusterState::ShutDownInRecovery, true));
+    expect(
+        &b,
+        vec![StartReplica {
+            leader: Some("n1".into()),
+        }],
+        &["following leader (n1)"],
+    );
+    let cascading = b.tags(Tags {
+        replicatefrom: Some("n3".into()),
+        ..Tags::default()
+    });
+    expect(
+        &cascading,
+        vec![StartReplica {
+            leader: Some("n3".into()),
+        }],
+        &["leader (n1)"],
+    );
+}
+
+#[test]
+fn stopped_replica_without_leader_starts_read_only() {
+    let b = b().local(local_stopped(PgClusterState::ShutDownInRecovery, true));
+    expect(&b, vec![StartReplica { leader: None }], &["no leader yet"]);
+}
+
+fn former_primary() -> B {
+    b().leader("n1")
+        .local(local_stopped(PgClusterState::ShutDown, false))
+        .was_primary()
+}
+
+#[test]
+fn former_primary_rewinds_before_following() {
+    let rewind = former_primary().config(json!({"postgresql": {"use_pg_rewind": true}}));
+    expect(
+        &rewind,
+        vec![Rewind {
+            source: "n1".into(),
+        }],
+        &["pg_rewind from (n1)"],
+    );
+    expect(
+        &former_primary(),
+        vec![StartReplica {
+            leader: Some("n1".into()),
+        }],
+        &["following leader (n1)"],
+    );
+}
+
+#[test]
+fn rewind_waits_for_the_post_promote_checkpoint() {
+    let b = former_primary()
+        .config(json!({"postgresql": {"use_pg_rewind": true}}))
+        .member_mut("n1", |m| m.data.checkpoint_after_promote = Some(false));
+    expect(&b, vec![], &["waiting for leader (n1)", "checkpoint"]);
+}
+
+#[test]
+fn successful_rewind_starts_as_replica() {
+    let b = former_primary()
+        .config(json!({"postgresql": {"use_pg_rewind": true}}))
+        .local(local_stopped(PgClusterState::InArchiveRecovery, false))
+        .finished(TaskKind::Rewind, true);
+    let d = expect(
+        &b,
+        vec![StartReplica {
+            leader: Some("n1".into()),
+        }],
+        &["following leader (n1)"],
+    );
+    assert!(!d.memory.was_primary);
+}
+
+#[test]
+fn failed_rewind_stays_down_or_wipes() {
+    let failed = former_primary()
+        .config(json!({"postgresql": {"use_pg_rewind": true}}))
+        .memory(|m| m.last_leader = Some("n1".into()))
+        .finished(TaskKind::Rewind, false);
+    let d = expect(
+        &failed,
+        vec![],
+        &["pg_rewind from (n1) failed", "reinitialize"],
+    );
+    assert!(d.memory.rewind_failed);
+    let wipe = failed
+        .clone()
+        .config(json!({"postgresql": {"use_pg_rewind": true, "remove_data_directory_on_rewind_failure": true}}));
+    let d = expect(&wipe, vec![WipeDataDir], &["removing the data directory"]);
+    assert!(!d.memory.was_primary && !d.memory.rewind_failed);
+    let diverged =
+        failed.config(json!({"postgresql": {"remove_data_directory_on_diverged_timelines": true}}));
+    expect(
+        &diverged,
+        vec![WipeDataDir],
+        &["removing the data directory"],
+    );
+}
+
+#[test]
+fn a_new_leader_allows_another_rewind() {
+    let b = former_primary()
+        .config(json!({"postgresql": {"use_pg_rewind": true}}))
+        .memory(|m| {
+            m.rewind_failed = true;
+            m.last_leader = Some("n3".into());
+        });
+    let d = expect(
+        &b,
+        vec![Rewind {
+            source: "n1".into(),
+        }],
+        &["pg_rewind"],
+    );
+    assert_eq!(d.memory.last_leader.as_deref(), Some("n1"));
+}
+
+#[test]
+fn paused_stopped_postgres_is_left_alone() {
+    let paused = json!({"pause": true});
+    expect(
+        &crashed_primary().config(paused.clone()),
+        vec![ReleaseLeader],
+        &["PAUSE: ", "not running"],
+    );
+    let replica = b()
+        .leader("n1")
+        .local(local_stopped(PgClusterState::ShutDownInRecovery, true));
+    expect(
+        &replica.config(paused),
+        vec![],
+        &["PAUSE: postgres is not running"],
+    );
+}
+
+fn starting(standby: bool) -> LocalPgState {
+    LocalPgState {
+        data_dir: initialized(PgClusterState::InCrashRecovery, standby),
+        postmaster_pid: Some(9),
+        ..LocalPgState::empty()
+    }
+}
+
+#[test]
+fn postgres_not_answering_yet() {
+    expect(
+        &b().leader("n2").local(starting(false)).was_primary(),
+        vec![RenewLeader],
+        &["postgres is starting"],
+    );
+    expect(
+        &b().leader("n1").local(starting(false)).was_primary(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["does not answer", "do not have the lock"],
+    );
+    expect(
+        &b().leader("n1").local(starting(true)),
+        vec![],
+        &["waiting for postgres to accept connections"],
+    );
+}
+
+#[test]
+fn slow_primary_start_hands_over() {
+    let b = b()
+        .leader("n2")
+        .local(starting(false))
+        .was_primary()
+        .memory(|m| m.primary_start_began_ms = Some(NOW - 400_000));
+    expect(
+        &b,
+        vec![demote(DemoteMode::Immediate)],
+        &["failing to start postgres"],
+    );
+    expect(
+        &b.task(TaskKind::Start),
+        vec![demote(DemoteMode::Immediate)],
+        &["failing to start postgres"],
+    );
+}
+
+// ---------------------------------------------------------------- leader
+
+#[test]
+fn healthy_leader_keeps_the_lock() {
+    let d = expect(
+        &b().leader("n2").primary(),
+        leader_upkeep(),
+        &["no action: I am (n2), the leader with the lock"],
+    );
+    assert!(d.memory.was_primary);
+}
+
+#[test]
+fn leader_without_slots() {
+    let b = b()
+        .leader("n2")
+        .primary()
+        .config(json!({"postgresql": {"use_slots": false}}));
+    expect(
+        &b,
+        vec![RenewLeader, WriteStatus],
+        &["leader with the lock"],
+    );
+}
+
+#[test]
+fn leader_records_a_new_timeline_seeds_config_and_initialize() {
+    let b = b()
+        .leader("n2")
+        .local(LocalPgState {
+            timeline: Some(2),
+            ..local_primary(1000)
+        })
+        .no_config_key()
+        .snap(|s| s.initialize = Some(String::new()));
+    expect(
+        &b,
+        vec![
+            RenewLeader,
+            UpdateHistory,
+            WriteStatus,
+            slots(&["n1", "n3"]),
+            SeedConfig,
+            WriteInitialize {
+                system_identifier: SYSID.into(),
+            },
+        ],
+        &["leader with the lock"],
+    );
+}
+
+#[test]
+fn key_holder_in_recovery_promotes() {
+    let d = expect(
+        &b().leader("n2"),
+        vec![RenewLeader, Promote],
+        &["promoted self to leader because I had the session lock"],
+    );
+    assert!(d.memory.was_primary);
+}
+
+fn switchover_to(candidate: &str) -> B {
+    b().leader("n2")
+        .primary()
+        .failover(Some("n2"), Some(candidate))
+}
+
+#[test]
+fn switchover_to_an_eligible_candidate_demotes_gracefully() {
+    expect(
+        &switchover_to("n3"),
+        vec![RenewLeader, demote(DemoteMode::Graceful)],
+        &["manual failover", "(n3)"],
+    );
+    // Failover without a named leader works the same.
+    let b = b().leader("n2").primary().failover(None, Some("n3"));
+    expect(
+        &b,
+        vec![RenewLeader, demote(DemoteMode::Graceful)],
+        &["(n3) takes over"],
+    );
+}
+
+fn cleared() -> Vec<Action> {
+    let mut a = leader_upkeep();
+    a.push(ClearFailover { mod_revision: 9 });
+    a
+}
+
+#[test]
+fn switchover_to_an_ineligible_candidate_is_cleared() {
+    let nofo = switchover_to("n3").member_mut("n3", |m| m.data.tags.nofailover = true);
+    expect(&nofo, cleared(), &["(n3) is not eligible", "nofailover"]);
+    let lagging = switchover_to("n3").local(local_primary(5_000_000));
+    expect(&lagging, cleared(), &["maximum_lag_on_failover"]);
+    let stopped = switchover_to("n3").member_mut("n3", |m| m.data.state = PgState::Stopped);
+    expect(&stopped, cleared(), &["stopped"]);
+    expect(&switchover_to("nobody"), cleared(), &["not a member"]);
+    let unreachable = switchover_to("n3").peers(vec![PeerReportExt::unreachable("n3")]);
+    expect(&unreachable, cleared(), &["did not answer"]);
+}
+
+#[test]
+fn switchover_in_sync_mode_needs_a_sync_candidate() {
+    let b = switchover_to("n3").sync("n2", "n1");
+    expect(&b, cleared(), &["not a synchronous standby"]);
+    let ok = switchover_to("n1").sync("n2", "n1");
+    expect(
+        &ok,
+        vec![RenewLeader, demote(DemoteMode::Graceful)],
+        &["(n1)"],
+    );
+}
+
+#[test]
+fn failover_key_for_another_leader_or_for_me_is_cleared() {
+    expect(
+        &b().leader("n2").primary().failover(Some("n1"), Some("n3")),
+        cleared(),
+        &["names (n1) as the leader"],
+    );
+    expect(&switchover_to("n2"), cleared(), &["already is the leader"]);
+}
+
+#[test]
+fn failover_without_candidate_picks_an_eligible_member() {
+    let b = b().leader("n2").primary().failover(Some("n2"), None);
+    expect(
+        &b,
+        vec![RenewLeader, demote(DemoteMode::Graceful)],
+        &["(n1) takes over"],
+    );
+    let none = b
+        .member_mut("n1", |m| m.data.state = PgState::Stopped)
+        .member_mut("n3", |m| m.data.state = PgState::Stopped);
+    expect(&none, cleared(), &["no member is eligible"]);
+}
+
+#[test]
+fn scheduled_switchover_is_not_executed_yet() {
+    let b = switchover_to("n3").snap(|s| {
+        s.failover.as_mut().unwrap().value.scheduled_at = Some("2030-01-01T00:00:00+00:00".into())
+    });
+    expect(&b, leader_upkeep(), &["scheduled", "not supported yet"]);
+}
+
+#[test]
+fn shutdown_hands_leadership_over() {
+    expect(
+        &b().leader("n2").primary().shutdown(),
+        vec![Stop, ReleaseLeader],
+        &["shutting down"],
+    );
+    expect(
+        &b().leader("n1").shutdown(),
+        vec![Stop],
+        &["shutting down: stopping postgres"],
+    );
+    expect(
+        &crashed_primary().shutdown(),
+        vec![ReleaseLeader],
+        &["postgres is stopped"],
+    );
+    expect(
+        &b().leader("n1")
+            .local(local_stopped(PgClusterState::ShutDown, true))
+            .shutdown(),
+        vec![],
+        &["stopped"],
+    );
+    expect(
+        &b().leader("n2")
+            .primary()
+            .shutdown()
+            .config(json!({"pause": true})),
+        vec![],
+        &["PAUSE: ", "alone"],
+    );
+}
+
+#[test]
+fn paused_leader_only_renews_while_primary() {
+    let paused = json!({"pause": true});
+    expect(
+        &b().leader("n2").primary().config(paused.clone()),
+        vec![RenewLeader],
+        &["PAUSE: no action: I am (n2), the leader"],
+    );
+    expect(
+        &b().leader("n2").config(paused),
+        vec![ReleaseLeader],
+        &["PAUSE: ", "not running as primary"],
+    );
+}
+
+#[test]
+fn leader_keeps_the_lock_while_a_task_runs() {
+    expect(
+        &b().leader("n2").primary().task(TaskKind::Restart),
+        vec![RenewLeader],
+        &["running restart"],
+    );
+    expect(
+        &b().leader("n1").task(TaskKind::Rewind),
+        vec![],
+        &["running pg_rewind"],
+    );
+}
+
+// ---------------------------------------------------------------- follower
+
+#[test]
+fn replica_follows_the_leader() {
+    let b = b().leader("n1").local(local_replica(1000, Some("n1")));
+    expect(
+        &b,
+        vec![],
+        &["no action: I am (n2), a secondary, and following a leader (n1)"],
+    );
+    expect(
+        &b.clone().local_mut(|l| l.following = Some("n3".into())),
+        vec![Follow {
+            leader: "n1".into(),
+        }],
+        &["new leader (n1)"],
+    );
+    expect(
+        &b.clone().local_mut(|l| l.following = None),
+        vec![Follow {
+            leader: "n1".into(),
+        }],
+        &["(n1)"],
+    );
+    let cascade = b.clone().tags(Tags {
+        replicatefrom: Some("n3".into()),
+        ..Tags::default()
+    });
+    expect(
+        &cascade,
+        vec![Follow {
+            leader: "n3".into(),
+        }],
+        &["from (n3)", "leader (n1)"],
+    );
+    let nostream = b.local_mut(|l| l.following = None).tags(Tags {
+        nostream: true,
+        ..Tags::default()
+    });
+    expect(&nostream, vec![], &["following a leader (n1)"]);
+}
+
+#[test]
+fn primary_without_the_lock_demotes() {
+    let d = expect(
+        &b().leader("n1").primary(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["demoting self because I do not have the lock and I was a leader"],
+    );
+    assert!(
+        d.memory.was_primary,
+        "a demoted primary must rewind before following"
+    );
+    expect(
+        &b().leader("n1").primary().config(json!({"pause": true})),
+        vec![],
+        &["PAUSE: continue to run as primary without lock"],
+    );
+}
+
+#[test]
+fn lost_lock_during_promotion_demotes() {
+    expect(
+        &b().leader("n1").task(TaskKind::Promote),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["while running promote"],
+    );
+    expect(
+        &b().task(TaskKind::Promote),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["held by nobody"],
+    );
+}
+
+#[test]
+fn replica_forgets_its_primary_past() {
+    let d = b()
+        .leader("n1")
+        .local(local_replica(1000, Some("n1")))
+        .was_primary()
+        .run();
+    assert!(!d.memory.was_primary);
+}
+
+// ---------------------------------------------------------------- race
+
+#[test]
+fn lone_replica_promotes_by_acquiring_the_lock() {
+    let d = expect(
+        &b(),
+        vec![AcquireLeader, Promote],
+        &["promoted self to leader by acquiring session lock"],
+    );
+    assert!(d.memory.was_primary);
+}
+
+#[test]
+fn running_primary_retakes_the_lock() {
+    expect(
+        &b().primary(),
+        vec![AcquireLeader],
+        &["acquired session lock as a leader"],
+    );
+}
+
+#[test]
+fn nofailover_never_races() {
+    let b = b().tags(Tags {
+        nofailover: true,
+        ..Tags::default()
+    });
+    expect(&b, vec![], &["not healthiest node", "nofailover"]);
+    let zero = self::b().tags(Tags {
+        failover_priority: Some(0),
+        ..Tags::default()
+    });
+    expect(&zero, vec![], &["not healthiest node"]);
+}
+
+#[test]
+fn lagging_replica_does_not_race() {
+    // Default maximum_lag_on_failover is 1 MiB.
+    expect(
+        &b().optime(1000 + 1_048_576),
+        vec![AcquireLeader, Promote],
+        &["promoted"],
+    );
+    expect(
+        &b().optime(1000 + 1_048_577),
+        vec![],
+        &["lags 1048577 bytes"],
+    );
+}
+
+#[test]
+fn sync_mode_only_listed_members_race() {
+    expect(&b().sync("n1", "n3"), vec![], &["not listed in /sync"]);
+    expect(
+        &b().sync("n1", "n2"),
+        vec![AcquireLeader, Promote],
+        &["promoted"],
+    );
+    // Stale key with the mode off is ignored.
+    let off = b()
+        .sync("n1", "n3")
+        .config(json!({"synchronous_mode": false}));
+    expect(&off, vec![AcquireLeader, Promote], &["promoted"]);
+    // A primary not listed demotes instead of taking the key.
+    expect(
+        &b().primary().sync("n1", "n3"),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["not listed in /sync"],
+    );
+}
+
+#[test]
+fn live_primary_peer_blocks_the_race() {
+    expect(
+        &b().peers(vec![peer("n1", Role::Primary, 0)]),
+        vec![],
+        &["primary (n1) is still alive"],
+    );
+    let gone = vec![PeerReportExt::unreachable("n1")];
+    expect(
+        &b().peers(gone),
+        vec![AcquireLeader, Promote],
+        &["promoted"],
+    );
+}
+
+#[test]
+fn most_advanced_peer_wins() {
+    expect(
+        &b().peers(vec![peer("n3", Role::Replica, 1001)]),
+        vec![],
+        &["(n3) is ahead of me"],
+    );
+    expect(
+        &b().peers(vec![peer("n3", Role::Replica, 999)]),
+        vec![AcquireLeader, Promote],
+        &[],
+    );
+    let mut nofo = peer("n3", Role::Replica, 5000);
+    nofo.tags.nofailover = true;
+    let mut wd = peer("n1", Role::Replica, 5000);
+    wd.watchdog_failed = true;
+    expect(
+        &b().peers(vec![nofo, wd]),
+        vec![AcquireLeader, Promote],
+        &[],
+    );
+    // In sync mode only listed peers count.
+    expect(
+        &b().sync("n1", "n2")
+            .peers(vec![peer("n3", Role::Replica, 5000)]),
+        vec![AcquireLeader, Promote],
+        &[],
+    );
+}
+
+#[test]
+fn priority_then_name_break_ties() {
+    let mut high = peer("n3", Role::Replica, 1000);
+    high.tags.failover_priority = Some(5);
+    expect(
+        &b().peers(vec![high.clone()]),
+        vec![],
+        &["higher failover_priority (5 > 1)"],
+    );
+    let me_high = b().tags(Tags {
+        failover_priority: Some(9),
+        ..Tags::default()
+    });
+    expect(
+        &me_high.peers(vec![high]),
+        vec![AcquireLeader, Promote],
+        &[],
+    );
+    expect(
+        &b().peers(vec![peer("n1", Role::Replica, 1000)]),
+        vec![],
+        &["tie-break by name"],
+    );
+    expect(
+        &b().peers(vec![peer("n3", Role::Replica, 1000)]),
+        vec![AcquireLeader, Promote],
+        &[],
+    );
+}
+
+#[test]
+fn timelines_gate_the_race() {
+    let behind = |b: B| b.snap(|s| s.history = vec![history_line(1), history_line(2)]);
+    expect(&behind(b()), vec![AcquireLeader, Promote], &[]);
+    let checked = behind(b()).config(json!({"check_timeline": true}));
+    expect(
+        &checked,
+        vec![],
+        &["timeline 1 is behind the cluster timeline 3"],
+    );
+    expect(
+        &behind(b().primary()),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["timeline 1 is behind"],
+    );
+}
+
+#[test]
+fn unknown_wal_position_does_not_race() {
+    let b = b().local_mut(|l| {
+        l.receive_lsn = None;
+        l.replay_lsn = None;
+    });
+    expect(&b, vec![], &["WAL position is unknown"]);
+}
+
+#[test]
+fn failover_candidate_races_even_when_lagging() {
+    let b = b().failover(Some("n1"), Some("n2")).optime(50_000_000);
+    expect(
+        &b,
+        vec![AcquireLeader, ClearFailover { mod_revision: 9 }, Promote],
+        &["promoted"],
+    );
+}
+
+#[test]
+fn others_stand_back_for_a_healthy_candidate() {
+    let b = b().failover(Some("n1"), Some("n3"));
+    expect(
+        &b.clone().peers(vec![peer("n3", Role::Replica, 0)]),
+        vec![],
+        &["failover candidate (n3) is healthy"],
+    );
+    // Candidate unreachable: the most advanced of the rest (old leader excluded) races.
+    let down = b.peers(vec![
+        PeerReportExt::unreachable("n3"),
+        peer("n1", Role::Replica, 9999),
+    ]);
+    expect(
+        &down,
+        vec![AcquireLeader, ClearFailover { mod_revision: 9 }, Promote],
+        &["promoted"],
+    );
+}
+
+#[test]
+fn former_leader_races_only_when_nobody_else_can() {
+    let b = b().failover(Some("n2"), Some("n3"));
+    expect(
+        &b.clone().peers(vec![
+            PeerReportExt::unreachable("n3"),
+            peer("n1", Role::Replica, 0),
+        ]),
+        vec![],
+        &["former leader"],
+    );
+    expect(
+        &b.peers(vec![PeerReportExt::unreachable("n3")]),
+        vec![AcquireLeader, ClearFailover { mod_revision: 9 }, Promote],
+        &[],
+    );
+}
+
+#[test]
+fn paused_race() {
+    let paused = json!({"pause": true});
+    expect(
+        &b().config(paused.clone()),
+        vec![],
+        &["PAUSE: no action", "no leader"],
+    );
+    expect(
+        &b().primary().config(paused.clone()),
+        vec![AcquireLeader],
+        &["PAUSE: acquired session lock"],
+    );
+    let foreign = b()
+        .primary()
+        .config(paused)
+        .snap(|s| s.initialize = Some(String::new()));
+    expect(&foreign, vec![AcquireLeader], &["PAUSE: "]);
+}
+
+// ---------------------------------------------------------------- memory
+
+#[test]
+fn memory_tracks_cycle_leader_and_reason() {
+    let d = b().leader("n1").local(local_replica(10, Some("n1"))).run();
+    assert_eq!(d.memory.last_cycle_ms, Some(NOW));
+    assert_eq!(d.memory.last_leader.as_deref(), Some("n1"));
+    assert_eq!(d.memory.last_reason, d.reason);
+    // Unreachable keeps the last known leader.
+    let d2 = b()
+        .unreachable()
+        .memory(|m| m.last_leader = Some("n1".into()))
+        .run();
+    assert_eq!(d2.memory.last_leader.as_deref(), Some("n1"));
+    assert_eq!(d2.memory.last_cycle_ms, Some(NOW));
+}
+
+#[test]
+fn start_timer_resets_once_primary_runs() {
+    let d = b()
+        .leader("n2")
+        .primary()
+        .memory(|m| m.primary_start_began_ms = Some(1))
+        .run();
+    assert_eq!(d.memory.primary_start_began_ms, None);
+}
+
+fn history_line(tl: u32) -> pgwarden_types::HistoryLine {
+    pgwarden_types::HistoryLine {
+        timeline: tl,
+        switch_lsn: 1,
+        reason: "no recovery target specified".into(),
+        timestamp: None,
+        new_leader: None,
+    }
+}
+
+/// Small helpers on `PeerReport` used only here.
+struct PeerReportExt;
+
+impl PeerReportExt {
+    fn unreachable(name: &str) -> crate::PeerReport {
+        crate::PeerReport {
+            reachable: false,
+            role: None,
+            wal_position: Some(Lsn(u64::MAX)),
+            ..peer(name, Role::Replica, 0)
+        }
+    }
+}
