@@ -1,0 +1,213 @@
+//! State shared between the loop, the REST server and the two watchers, and
+//! the watchers themselves.
+//!
+//! The fence timer is the agent's own guarantee that a primary stops accepting
+//! writes before its lease could have expired, independent of the main loop:
+//! if the loop is stuck in a slow call, the timer still stops PostgreSQL once
+//! the last confirmed renewal is older than the fence deadline. The postmaster
+//! watch wakes the loop within a fraction of a second when PostgreSQL dies, so
+//! a crash is handled at once instead of at the next `loop_wait`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use pgwarden_api::NodeStatus;
+use pgwarden_config::AgentConfig;
+use pgwarden_dcs::Dcs;
+use pgwarden_engine::{DcsView, TaskKind};
+use pgwarden_postgres::{Postgres, StopMode};
+use pgwarden_types::{DynamicConfig, LocalPgState};
+use tokio::sync::{watch, Notify};
+use tracing::error;
+
+use crate::clock::Monotonic;
+
+const NEVER: u64 = u64::MAX;
+
+pub struct Shared {
+    clock: Monotonic,
+    /// Wakes the main loop before `loop_wait` runs out.
+    pub wake: Notify,
+    last_renewal_ms: AtomicU64,
+    fence_deadline_ms: AtomicU64,
+    paused: AtomicBool,
+    /// This node runs a primary that only its lease entitles it to.
+    acting_primary: AtomicBool,
+    dcs_last_seen: AtomicI64,
+    dynamic: RwLock<DynamicConfig>,
+    members: RwLock<BTreeSet<String>>,
+    status: RwLock<Option<NodeStatus>>,
+    dcs: Mutex<Option<Arc<dyn Dcs>>>,
+}
+
+impl Shared {
+    pub fn new(clock: Monotonic) -> Shared {
+        let dynamic = DynamicConfig::default();
+        Shared {
+            clock,
+            wake: Notify::new(),
+            last_renewal_ms: AtomicU64::new(NEVER),
+            fence_deadline_ms: AtomicU64::new(dynamic.fence_deadline_ms()),
+            paused: AtomicBool::new(false),
+            acting_primary: AtomicBool::new(false),
+            dcs_last_seen: AtomicI64::new(0),
+            dynamic: RwLock::new(dynamic),
+            members: RwLock::new(BTreeSet::new()),
+            status: RwLock::new(None),
+            dcs: Mutex::new(None),
+        }
+    }
+
+    pub fn set_dcs(&self, dcs: Arc<dyn Dcs>) {
+        *self.dcs.lock().unwrap_or_else(|p| p.into_inner()) = Some(dcs);
+    }
+
+    pub fn dcs(&self) -> Arc<dyn Dcs> {
+        self.dcs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("the store is set before the first cycle")
+    }
+
+    /// Records the send time of a keepalive that etcd confirmed.
+    pub fn renewed_at(&self, sent_ms: u64) {
+        self.last_renewal_ms.store(sent_ms, Ordering::SeqCst);
+    }
+
+    pub fn last_renewal_ms(&self) -> Option<u64> {
+        let v = self.last_renewal_ms.load(Ordering::SeqCst);
+        (v != NEVER).then_some(v)
+    }
+
+    /// The last confirmed renewal is within the fence deadline, now.
+    pub fn renewal_is_fresh(&self) -> bool {
+        match self.last_renewal_ms() {
+            Some(at) => {
+                self.clock.now_ms().saturating_sub(at)
+                    < self.fence_deadline_ms.load(Ordering::SeqCst)
+            }
+            None => false,
+        }
+    }
+
+    pub fn set_acting_primary(&self, on: bool) {
+        self.acting_primary.store(on, Ordering::SeqCst);
+    }
+
+    pub fn dcs_seen(&self) {
+        self.dcs_last_seen
+            .store(chrono::Utc::now().timestamp(), Ordering::SeqCst);
+    }
+
+    pub fn set_dynamic(&self, dynamic: DynamicConfig) {
+        self.fence_deadline_ms
+            .store(dynamic.fence_deadline_ms(), Ordering::SeqCst);
+        self.paused.store(dynamic.pause, Ordering::SeqCst);
+        *self.dynamic.write().unwrap_or_else(|p| p.into_inner()) = dynamic;
+    }
+
+    pub fn set_members(&self, members: BTreeSet<String>) {
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+    }
+
+    pub fn is_known_member(&self, name: &str) -> bool {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    pub fn status(&self) -> Option<NodeStatus> {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes the state the REST API serves, after every cycle.
+    pub fn publish(
+        &self,
+        config: &AgentConfig,
+        view: &DcsView,
+        local: &LocalPgState,
+        reason: &str,
+        task: Option<TaskKind>,
+        dynamic: &DynamicConfig,
+    ) {
+        let holds_lock = match view {
+            DcsView::Available(s) => s.leader_name() == Some(config.name.as_str()),
+            DcsView::Unreachable => false,
+        } && self.renewal_is_fresh();
+        self.set_acting_primary(
+            local.is_running_primary() && (holds_lock || matches!(view, DcsView::Unreachable)),
+        );
+        let last_seen = self.dcs_last_seen.load(Ordering::SeqCst);
+        let status = crate::rest::node_status(
+            config,
+            view,
+            local,
+            reason,
+            task,
+            dynamic,
+            holds_lock,
+            (last_seen > 0).then_some(last_seen),
+        );
+        *self.status.write().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+}
+
+/// Stops a primary whose lease renewal is older than the fence deadline.
+pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            if !shared.acting_primary.load(Ordering::SeqCst) || shared.paused.load(Ordering::SeqCst)
+            {
+                continue;
+            }
+            if shared.renewal_is_fresh() {
+                continue;
+            }
+            let age = shared
+                .last_renewal_ms()
+                .map(|at| shared.clock.now_ms().saturating_sub(at));
+            error!(
+                "fencing: my leader lease was last confirmed {} ago, past the fence deadline; \
+                 stopping PostgreSQL so that it cannot accept writes another primary will not have",
+                age.map_or("never".to_string(), |ms| format!("{ms} ms"))
+            );
+            shared.set_acting_primary(false);
+            if let Err(err) = pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
+                error!("fencing stop failed: {err}");
+            }
+            shared.wake.notify_one();
+        }
+    });
+}
+
+/// Wakes the loop as soon as the postmaster disappears.
+pub fn spawn_postmaster_watch(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut was_alive = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let alive = pg.postmaster_alive();
+            if was_alive && !alive {
+                shared.wake.notify_one();
+            }
+            was_alive = alive;
+        }
+    });
+}

@@ -1,0 +1,116 @@
+//! The agent's side of the REST API: what `GET /patroni`, health checks and
+//! `/cluster` serve. The API crate owns routes and documents; this module
+//! builds the `NodeStatus` each cycle and answers `/cluster` from a fresh read.
+
+use std::sync::Arc;
+
+use pgwarden_api::{ApiBackend, BoxFuture, NodeStatus};
+use pgwarden_config::AgentConfig;
+use pgwarden_dcs::Dcs;
+use pgwarden_engine::{DcsView, TaskKind};
+use pgwarden_types::{ClusterSnapshot, DynamicConfig, LocalPgState, Lsn, SynchronousMode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::fence::Shared;
+use crate::member::{pg_role, pg_state};
+
+pub struct RestBackend {
+    shared: Arc<Shared>,
+    dcs: Arc<dyn Dcs>,
+    scope: String,
+    name: String,
+}
+
+impl RestBackend {
+    pub fn new(shared: Arc<Shared>, dcs: Arc<dyn Dcs>, scope: String, name: String) -> RestBackend {
+        RestBackend {
+            shared,
+            dcs,
+            scope,
+            name,
+        }
+    }
+}
+
+impl ApiBackend for RestBackend {
+    fn status(&self) -> NodeStatus {
+        self.shared.status().unwrap_or_else(|| {
+            NodeStatus::starting(
+                &self.scope,
+                &self.name,
+                chrono::Utc::now().timestamp_millis(),
+            )
+        })
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterSnapshot, String>> {
+        Box::pin(async move { self.dcs.snapshot().await.map_err(|e| e.to_string()) })
+    }
+}
+
+pub fn spawn_rest(
+    listener: TcpListener,
+    backend: Arc<RestBackend>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(err) = pgwarden_api::serve(listener, backend, shutdown).await {
+            tracing::error!("the REST API stopped: {err}");
+        }
+    });
+}
+
+/// The status the REST API serves, built after every cycle.
+#[allow(clippy::too_many_arguments)]
+pub fn node_status(
+    config: &AgentConfig,
+    view: &DcsView,
+    local: &LocalPgState,
+    reason: &str,
+    task: Option<TaskKind>,
+    dynamic: &DynamicConfig,
+    has_lock: bool,
+    dcs_last_seen: Option<i64>,
+) -> NodeStatus {
+    let snapshot = match view {
+        DcsView::Available(s) => Some(s),
+        DcsView::Unreachable => None,
+    };
+    let in_sync = |mode: SynchronousMode| {
+        dynamic.synchronous_mode == mode
+            && snapshot
+                .and_then(|s| s.sync.as_ref())
+                .is_some_and(|sync| sync.value.standbys().contains(&config.name.to_lowercase()))
+    };
+    let next_cycle = chrono::Utc::now().timestamp_millis()
+        + i64::try_from(dynamic.loop_wait.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut status = NodeStatus::starting(&config.scope, &config.name, next_cycle);
+    status.state = pg_state(local, task);
+    status.role = pg_role(local);
+    status.has_lock = has_lock;
+    status.pg = local.clone();
+    status.tags = config.tags.clone();
+    status.pause = dynamic.pause;
+    status.dcs_reachable = snapshot.is_some();
+    status.dcs_last_seen = dcs_last_seen;
+    status.sync_standby = in_sync(SynchronousMode::On);
+    status.quorum_standby = in_sync(SynchronousMode::Quorum);
+    status.cluster_unlocked = snapshot.is_none_or(|s| s.leader.is_none());
+    status.timeline = local.timeline;
+    status.database_system_identifier = local.system_identifier().map(str::to_string);
+    status.pending_restart = local.pending_restart;
+    status.replication_state =
+        (local.in_recovery == Some(true) && local.streaming).then(|| "streaming".to_string());
+    status.last_reason = reason.to_string();
+    status.ttl = dynamic.ttl;
+    status.loop_wait = dynamic.loop_wait;
+    status.maximum_lag_on_failover = dynamic.maximum_lag_on_failover;
+    status.cluster_optime = snapshot.and_then(|s| s.status.optime).map(Lsn);
+    status.server_version = local.server_version;
+    status.postmaster_start_time = local.postmaster_start_time.clone();
+    status
+}

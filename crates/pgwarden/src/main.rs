@@ -1,0 +1,119 @@
+//! The `pgwarden` binary: the agent, the demo cluster and the CLI verbs.
+//!
+//! This is the only place that uses `anyhow`: library crates return typed
+//! errors, and here they become a message on stderr and a non-zero exit.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgwarden",
+    version,
+    about = "Highly-available PostgreSQL with etcd: agent, CLI and demo cluster",
+    long_about = "pgwarden keeps a PostgreSQL cluster available: one agent per node elects a primary \
+through etcd, keeps streaming replicas, fails over automatically and fences a primary that lost its lease.\n\n\
+It reads Patroni's YAML configuration, uses Patroni's etcd key layout and serves Patroni's REST API, \
+so existing tooling keeps working."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent for one PostgreSQL node.
+    #[command(
+        after_help = "Examples:\n  pgwarden agent /etc/pgwarden/node1.yml\n  PATRONI_NAME=node2 pgwarden agent node.yml\n\n\
+The file uses Patroni's YAML schema; PATRONI_* and PGWARDEN_* environment variables override it.\n\
+SIGTERM stops PostgreSQL cleanly and hands leadership to a replica at once."
+    )]
+    Agent {
+        /// Configuration file (or a directory of *.yml files merged in order).
+        config: PathBuf,
+    },
+    /// Check a configuration file without starting anything.
+    #[command(
+        after_help = "Exit status 0 when the file is valid; otherwise every problem is printed with its key.\n\n\
+Example:\n  pgwarden validate /etc/pgwarden/node1.yml"
+    )]
+    Validate {
+        /// Configuration file (or directory) to check.
+        config: PathBuf,
+        /// Print the effective configuration after validation.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Start a whole cluster on this machine: 3 etcd members and 3 PostgreSQL nodes on loopback.
+    Demo(demo::DemoArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PGWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn env_lookup(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent { config } => run_agent(config),
+        Command::Validate { config, print } => validate(config, print),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: PathBuf, print: bool) -> anyhow::Result<()> {
+    let config = pgwarden_config::load_path(&path, &env_lookup)?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if print {
+        println!("{config:#?}");
+    }
+    println!("{}: configuration is valid", path.display());
+    Ok(())
+}
+
+fn run_agent(path: PathBuf) -> anyhow::Result<()> {
+    init_logging();
+    let config = pgwarden_config::load_path(&path, &env_lookup)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        pgwarden_agent::run(config, shutdown).await
+    })?;
+    Ok(())
+}
