@@ -121,7 +121,10 @@ impl ClusterStatus {
     /// Parses the stored value; a bare integer is the legacy `optime` form.
     pub fn parse(raw: &str) -> ClusterStatus {
         if let Ok(n) = raw.trim().parse::<u64>() {
-            return ClusterStatus { optime: Some(n), ..ClusterStatus::default() };
+            return ClusterStatus {
+                optime: Some(n),
+                ..ClusterStatus::default()
+            };
         }
         serde_json::from_str(raw).unwrap_or_default()
     }
@@ -150,7 +153,11 @@ impl HistoryLine {
                 Some(HistoryLine {
                     timeline: u32::try_from(items.first()?.as_u64()?).ok()?,
                     switch_lsn: items.get(1)?.as_u64()?,
-                    reason: items.get(2).and_then(Value::as_str).unwrap_or("").to_string(),
+                    reason: items
+                        .get(2)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     timestamp: items.get(3).and_then(Value::as_str).map(str::to_string),
                     new_leader: items.get(4).and_then(Value::as_str).map(str::to_string),
                 })
@@ -228,7 +235,10 @@ impl ClusterSnapshot {
 
     /// An active failover request (`{}` counts as none).
     pub fn failover_request(&self) -> Option<&FailoverRequest> {
-        self.failover.as_ref().map(|f| &f.value).filter(|f| !f.is_empty())
+        self.failover
+            .as_ref()
+            .map(|f| &f.value)
+            .filter(|f| !f.is_empty())
     }
 }
 
@@ -269,11 +279,18 @@ mod tests {
 
     #[test]
     fn history_round_trip_and_timeline() {
-        let raw = r#"[[1,25165984,"no recovery target specified","2026-01-01T00:00:00+00:00","n2"]]"#;
+        let raw =
+            r#"[[1,25165984,"no recovery target specified","2026-01-01T00:00:00+00:00","n2"]]"#;
         let lines = HistoryLine::parse_all(raw);
         assert_eq!(lines.len(), 1);
-        assert_eq!(format!("[{}]", serde_json::to_string(&lines[0].to_json()).unwrap()), raw);
-        let snap = ClusterSnapshot { history: lines, ..ClusterSnapshot::default() };
+        assert_eq!(
+            format!("[{}]", serde_json::to_string(&lines[0].to_json()).unwrap()),
+            raw
+        );
+        let snap = ClusterSnapshot {
+            history: lines,
+            ..ClusterSnapshot::default()
+        };
         assert_eq!(snap.timeline(), 2);
         assert_eq!(ClusterSnapshot::default().timeline(), 1);
     }

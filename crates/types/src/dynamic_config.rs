@@ -173,7 +173,10 @@ impl DynamicConfig {
             match map.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => coerce_bool(v).map(Some).ok_or_else(|| {
-                    err(key, format!("expected a boolean (true/false/on/off), got {v}"))
+                    err(
+                        key,
+                        format!("expected a boolean (true/false/on/off), got {v}"),
+                    )
                 }),
             }
         };
@@ -214,7 +217,10 @@ impl DynamicConfig {
         }
         if let Some(v) = map.get("member_slots_ttl") {
             cfg.member_slots_ttl = parse_seconds(v).ok_or_else(|| {
-                err("member_slots_ttl", format!("expected seconds or a duration like 30min, got {v}"))
+                err(
+                    "member_slots_ttl",
+                    format!("expected seconds or a duration like 30min, got {v}"),
+                )
             })?;
         }
         if let Some(v) = map.get("synchronous_mode") {
@@ -287,9 +293,8 @@ impl DynamicConfig {
                 .map_err(|problem| err("postgresql.parameters", problem))?;
         }
         if let Some(hba) = pg.get("pg_hba") {
-            self.pg_hba = Some(
-                string_list(hba).map_err(|problem| err("postgresql.pg_hba", problem))?,
-            );
+            self.pg_hba =
+                Some(string_list(hba).map_err(|problem| err("postgresql.pg_hba", problem))?);
         }
         Ok(())
     }
@@ -298,12 +303,17 @@ impl DynamicConfig {
     /// renewal at which a primary must already have stopped accepting writes.
     pub fn fence_deadline_ms(&self) -> u64 {
         // Keep one second of margin below ttl for the demotion itself to take effect.
-        (self.ttl * 1000).saturating_sub(1000).max(self.loop_wait * 1000)
+        (self.ttl * 1000)
+            .saturating_sub(1000)
+            .max(self.loop_wait * 1000)
     }
 }
 
 fn err(key: &str, problem: String) -> DynamicConfigError {
-    DynamicConfigError { key: key.to_string(), problem }
+    DynamicConfigError {
+        key: key.to_string(),
+        problem,
+    }
 }
 
 /// Renders PostgreSQL parameters from JSON: booleans as on/off, numbers as text.
@@ -312,7 +322,9 @@ pub fn parameters_from_json(value: &Value) -> Result<BTreeMap<String, String>, S
         if value.is_null() {
             return Ok(BTreeMap::new());
         }
-        return Err(format!("must be a mapping of parameter names to values, got {value}"));
+        return Err(format!(
+            "must be a mapping of parameter names to values, got {value}"
+        ));
     };
     let mut out = BTreeMap::new();
     for (name, v) in map {
@@ -410,7 +422,8 @@ mod tests {
     fn rejects_wrong_kinds() {
         let e = DynamicConfig::from_json(&json!({"loop_wait": "soon"})).unwrap_err();
         assert_eq!(e.key, "loop_wait");
-        let e = DynamicConfig::from_json(&json!({"postgresql": {"use_slots": "maybe"}})).unwrap_err();
+        let e =
+            DynamicConfig::from_json(&json!({"postgresql": {"use_slots": "maybe"}})).unwrap_err();
         assert_eq!(e.key, "postgresql.use_slots");
         let e = DynamicConfig::from_json(&json!({"synchronous_mode": "sometimes"})).unwrap_err();
         assert_eq!(e.key, "synchronous_mode");

@@ -20,7 +20,8 @@ pub use cluster::{
     Versioned,
 };
 pub use dynamic_config::{
-    render_parameters, DynamicConfig, DynamicConfigError, SynchronousMode, TimingRules, DYNAMIC_KEYS,
+    render_parameters, DynamicConfig, DynamicConfigError, SynchronousMode, TimingRules,
+    DYNAMIC_KEYS,
 };
 pub use local::{DataDirState, LocalPgState, PgClusterState, ReplicationRow};
 pub use lsn::{Lsn, LsnParseError, Timeline};

@@ -148,7 +148,9 @@ impl LocalPgState {
 
     pub fn system_identifier(&self) -> Option<&str> {
         match &self.data_dir {
-            DataDirState::Initialized { system_identifier, .. } => Some(system_identifier),
+            DataDirState::Initialized {
+                system_identifier, ..
+            } => Some(system_identifier),
             _ => None,
         }
     }
@@ -172,7 +174,10 @@ mod tests {
 
     #[test]
     fn controldata_words() {
-        assert_eq!(PgClusterState::from_controldata("in production"), PgClusterState::InProduction);
+        assert_eq!(
+            PgClusterState::from_controldata("in production"),
+            PgClusterState::InProduction
+        );
         assert!(PgClusterState::InProduction.needs_crash_recovery());
         assert!(!PgClusterState::ShutDown.needs_crash_recovery());
     }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 pub type Timeline = u32;
 
 /// A WAL position (log sequence number), stored as the byte offset Patroni uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 

@@ -187,7 +187,9 @@ impl MemberData {
         let authority = authority.rsplit('@').next()?;
         if let Some(v6) = authority.strip_prefix('[') {
             let (host, port) = v6.split_once(']')?;
-            let port = port.strip_prefix(':').map_or(Some(5432), |p| p.parse().ok())?;
+            let port = port
+                .strip_prefix(':')
+                .map_or(Some(5432), |p| p.parse().ok())?;
             return Some((host.to_string(), port));
         }
         match authority.rsplit_once(':') {
@@ -236,7 +238,10 @@ mod tests {
 
     #[test]
     fn ipv6_conn_url() {
-        let m = MemberData { conn_url: "postgres://[::1]:5433/postgres".into(), ..MemberData::empty() };
+        let m = MemberData {
+            conn_url: "postgres://[::1]:5433/postgres".into(),
+            ..MemberData::empty()
+        };
         assert_eq!(m.pg_host_port(), Some(("::1".into(), 5433)));
     }
 }

@@ -54,8 +54,7 @@ impl Tags {
                 })
             };
             let want_int = |v: &Value| {
-                coerce_i64(v)
-                    .ok_or_else(|| format!("tags.{key}: expected an integer, got {v}"))
+                coerce_i64(v).ok_or_else(|| format!("tags.{key}: expected an integer, got {v}"))
             };
             match key.as_str() {
                 "nofailover" => tags.nofailover = want_bool(val)?,
@@ -179,9 +178,15 @@ mod tests {
     #[test]
     fn promotion_rules() {
         assert!(Tags::default().can_be_promoted());
-        let zero = Tags { failover_priority: Some(0), ..Tags::default() };
+        let zero = Tags {
+            failover_priority: Some(0),
+            ..Tags::default()
+        };
         assert!(!zero.can_be_promoted());
-        let nofo = Tags { nofailover: true, ..Tags::default() };
+        let nofo = Tags {
+            nofailover: true,
+            ..Tags::default()
+        };
         assert!(!nofo.can_be_promoted());
         assert_eq!(nofo.effective_failover_priority(), 0);
     }
