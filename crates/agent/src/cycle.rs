@@ -16,7 +16,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Monotonic;
 use crate::executor::{Executor, RunningTask};
-use crate::fence::{spawn_fence_timer, spawn_postmaster_watch, Shared};
+use crate::fence::{spawn_fence_timer, spawn_lease_keeper, spawn_postmaster_watch, Shared};
 use crate::member::member_data;
 use crate::peers::poll_peers;
 use crate::rest::{spawn_rest, RestBackend};
@@ -82,6 +82,13 @@ impl Agent {
             self.spawn_watch(stop_rx.clone());
             spawn_fence_timer(self.shared.clone(), self.pg.clone(), stop_rx.clone());
             spawn_postmaster_watch(self.shared.clone(), self.pg.clone(), stop_rx.clone());
+            spawn_lease_keeper(
+                self.shared.clone(),
+                self.dcs.clone(),
+                self.pg.clone(),
+                self.request_timeout(),
+                stop_rx.clone(),
+            );
             info!(
                 "starting pgwarden agent {} for cluster {} (REST API on {})",
                 env!("CARGO_PKG_VERSION"),
@@ -110,6 +117,7 @@ impl Agent {
                     () = sleep_until(next) => {}
                 }
             }
+            self.shared.lease_lost();
             if let Some((lease, _)) = self.lease.take() {
                 // Revoking removes our member key (and the leader key if still ours) at once.
                 let _ = timeout(self.request_timeout(), self.dcs.revoke_lease(lease)).await;
@@ -195,7 +203,11 @@ impl Agent {
     /// One cycle. Returns true when a requested shutdown has completed.
     async fn run_cycle(&mut self, shutdown_requested: bool) -> bool {
         let finished = self.collect_finished_task();
-        self.keep_lease_alive().await;
+        // The renewal the engine judges is the keeper's, read before this cycle
+        // does anything: after a freeze it is stale and the primary fences first.
+        let renewal = self.shared.last_renewal_ms();
+        self.ensure_lease().await;
+        let renewal = renewal.or_else(|| self.shared.last_renewal_ms());
 
         let view = match timeout(self.request_timeout(), self.dcs.snapshot()).await {
             Ok(Ok(snapshot)) => {
@@ -242,7 +254,7 @@ impl Agent {
             dcs: view.clone(),
             local: local.clone(),
             peers,
-            last_lease_renewal_sent_ms: self.shared.last_renewal_ms(),
+            last_lease_renewal_sent_ms: renewal,
             running_task: self.task.as_ref().map(|t| t.kind),
             finished_task: finished,
             shutdown_requested,
@@ -296,45 +308,27 @@ impl Agent {
         Some(outcome)
     }
 
-    /// Keeps our lease (and with it the member key and a held leader key) alive.
-    /// Records the send time of each confirmed keepalive for the fence.
-    async fn keep_lease_alive(&mut self) {
+    /// Makes sure there is a lease (the keeper task renews it). A changed ttl
+    /// discards the lease; the leader key is re-attached by RenewLeader.
+    async fn ensure_lease(&mut self) {
         let ttl = self.dynamic.ttl;
-        if let Some((lease, lease_ttl)) = self.lease {
-            if lease_ttl != ttl {
-                // Changing ttl discards the lease; the leader key is re-attached by RenewLeader.
-                self.lease = None;
-            } else {
-                let sent = Instant::now();
-                match timeout(self.request_timeout(), self.dcs.keep_alive(lease)).await {
-                    Ok(Ok(true)) => {
-                        self.shared.renewed_at(self.clock.ms_at(sent));
-                        return;
-                    }
-                    Ok(Ok(false)) => {
-                        warn!("my etcd lease {lease:x} expired; requesting a new one");
-                        self.lease = None;
-                        self.last_published = None;
-                    }
-                    Ok(Err(err)) => {
-                        warn!("could not renew my etcd lease: {err}");
-                        return;
-                    }
-                    Err(_) => {
-                        warn!("renewing my etcd lease timed out");
-                        return;
-                    }
-                }
+        match (self.lease, self.shared.lease()) {
+            (Some((id, lease_ttl)), Some(current)) if id == current && lease_ttl == ttl => return,
+            (Some((id, _)), Some(current)) if id == current => {
+                // Not revoked: a leader key on it must survive until RenewLeader
+                // re-attaches it to the new lease; the old lease simply expires.
+                info!("ttl changed to {ttl}s: requesting a new lease");
             }
+            _ => {}
         }
-        let sent = Instant::now();
+        self.lease = None;
+        self.last_published = None;
+        let sent = self.clock.now_ms();
         match timeout(self.request_timeout(), self.dcs.grant_lease(ttl)).await {
             Ok(Ok(lease)) => {
                 debug!("granted etcd lease {lease:x} with ttl {ttl}s");
                 self.lease = Some((lease, ttl));
-                self.last_published = None;
-                // A fresh lease is a confirmed lease; its clock started no earlier than `sent`.
-                self.shared.renewed_at(self.clock.ms_at(sent));
+                self.shared.lease_granted(lease, sent);
             }
             Ok(Err(err)) => warn!("could not obtain an etcd lease: {err}"),
             Err(_) => warn!("obtaining an etcd lease timed out"),

@@ -31,6 +31,8 @@ pub struct Shared {
     /// Wakes the main loop before `loop_wait` runs out.
     pub wake: Notify,
     last_renewal_ms: AtomicU64,
+    /// The lease the keeper renews (0: none; the loop grants one).
+    lease: AtomicI64,
     fence_deadline_ms: AtomicU64,
     paused: AtomicBool,
     /// This node runs a primary that only its lease entitles it to.
@@ -49,6 +51,7 @@ impl Shared {
             clock,
             wake: Notify::new(),
             last_renewal_ms: AtomicU64::new(NEVER),
+            lease: AtomicI64::new(0),
             fence_deadline_ms: AtomicU64::new(dynamic.fence_deadline_ms()),
             paused: AtomicBool::new(false),
             acting_primary: AtomicBool::new(false),
@@ -77,6 +80,24 @@ impl Shared {
         self.last_renewal_ms.store(sent_ms, Ordering::SeqCst);
     }
 
+    /// The current lease, if any.
+    pub fn lease(&self) -> Option<i64> {
+        let id = self.lease.load(Ordering::SeqCst);
+        (id != 0).then_some(id)
+    }
+
+    /// A freshly granted lease; its clock started no earlier than `sent_ms`.
+    pub fn lease_granted(&self, lease: i64, sent_ms: u64) {
+        self.renewed_at(sent_ms);
+        self.lease.store(lease, Ordering::SeqCst);
+    }
+
+    /// Forgets the lease and every renewal of it.
+    pub fn lease_lost(&self) {
+        self.last_renewal_ms.store(NEVER, Ordering::SeqCst);
+        self.lease.store(0, Ordering::SeqCst);
+    }
+
     pub fn last_renewal_ms(&self) -> Option<u64> {
         let v = self.last_renewal_ms.load(Ordering::SeqCst);
         (v != NEVER).then_some(v)
@@ -100,6 +121,13 @@ impl Shared {
     pub fn dcs_seen(&self) {
         self.dcs_last_seen
             .store(chrono::Utc::now().timestamp(), Ordering::SeqCst);
+    }
+
+    /// How often the keeper renews: a quarter of ttl, at most loop_wait, at least 250 ms.
+    fn keepalive_interval(&self) -> Duration {
+        let dynamic = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
+        let quarter = dynamic.ttl.saturating_mul(250);
+        Duration::from_millis(quarter.min(dynamic.loop_wait.saturating_mul(1000)).max(250))
     }
 
     pub fn set_dynamic(&self, dynamic: DynamicConfig) {
@@ -141,9 +169,9 @@ impl Shared {
             DcsView::Available(s) => s.leader_name() == Some(config.name.as_str()),
             DcsView::Unreachable => false,
         } && self.renewal_is_fresh();
-        self.set_acting_primary(
-            local.is_running_primary() && (holds_lock || matches!(view, DcsView::Unreachable)),
-        );
+        // Any running primary is subject to the fence, whether or not this cycle
+        // saw our key: only a fresh confirmed renewal lets it keep running.
+        self.set_acting_primary(local.is_running_primary());
         let last_seen = self.dcs_last_seen.load(Ordering::SeqCst);
         let status = crate::rest::node_status(
             config,
@@ -157,6 +185,68 @@ impl Shared {
         );
         *self.status.write().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
+}
+
+/// Stops accepting writes as fast as possible: SIGQUIT to the postmaster is
+/// PostgreSQL's immediate shutdown (every backend exits at once), sent directly
+/// rather than through a pg_ctl process; pg_ctl then confirms the stop.
+async fn fence_postgres(pg: &Postgres) {
+    if let Some(pid) = pg.postmaster_pid() {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+        }
+    }
+    if let Err(err) = pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
+        error!("fencing stop failed: {err}");
+    }
+}
+
+/// Renews the lease every `interval`, independent of how long a cycle takes.
+///
+/// A keepalive that etcd answers with "lease not found" means the lease (and a
+/// leader key on it) is gone: a primary is fenced right here, before the loop
+/// can grant a new lease whose fresh renewal would hide the loss from the
+/// fence timer.
+pub fn spawn_lease_keeper(
+    shared: Arc<Shared>,
+    dcs: Arc<dyn Dcs>,
+    pg: Postgres,
+    request_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let interval = shared.keepalive_interval();
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let Some(lease) = shared.lease() else {
+                continue;
+            };
+            let sent = shared.clock.now_ms();
+            match tokio::time::timeout(request_timeout, dcs.keep_alive(lease)).await {
+                Ok(Ok(true)) => shared.renewed_at(sent),
+                Ok(Ok(false)) => {
+                    if shared.acting_primary.swap(false, Ordering::SeqCst) {
+                        error!("fencing: my etcd lease {lease:x} is gone; stopping PostgreSQL");
+                        fence_postgres(&pg).await;
+                    } else {
+                        tracing::warn!(
+                            "my etcd lease {lease:x} is gone; a new one will be requested"
+                        );
+                    }
+                    shared.lease_lost();
+                    shared.wake.notify_one();
+                }
+                Ok(Err(err)) => tracing::debug!("lease keepalive failed: {err}"),
+                Err(_) => tracing::debug!("lease keepalive timed out"),
+            }
+        }
+    });
 }
 
 /// Stops a primary whose lease renewal is older than the fence deadline.
@@ -185,9 +275,7 @@ pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Rec
                 age.map_or("never".to_string(), |ms| format!("{ms} ms"))
             );
             shared.set_acting_primary(false);
-            if let Err(err) = pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
-                error!("fencing stop failed: {err}");
-            }
+            fence_postgres(&pg).await;
             shared.wake.notify_one();
         }
     });

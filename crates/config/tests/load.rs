@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use pgwarden_config::{load_path, load_str, AgentConfig, ConfigError, WatchdogMode};
-use pgwarden_types::SynchronousMode;
+use pgwarden_types::{DynamicConfig, SynchronousMode};
 use serde_json::json;
 
 fn no_env(_: &str) -> Option<String> {
@@ -127,7 +127,7 @@ fn harness_file_loads_for_every_profile_and_sync_mode() {
             let expected_ttl = timings
                 .iter()
                 .find(|(k, _)| *k == "ttl")
-                .map_or(10, |(_, v)| *v);
+                .map_or(DynamicConfig::DEFAULT_TTL, |(_, v)| *v);
             assert_eq!(cfg.bootstrap.dcs.ttl, expected_ttl);
             let expected_sync = match sync {
                 None => SynchronousMode::Off,

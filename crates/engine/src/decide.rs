@@ -3,7 +3,8 @@
 //! Order (first match wins), mirroring Patroni's `_run_cycle` with pgwarden's
 //! stronger fencing put in front:
 //! 1. fencing of a (possible) primary that cannot trust its lease (`fencing`);
-//! 2. store unreachable: replicas keep running, nothing else;
+//! 2. store unreachable: replicas keep running, a primary with a fresh renewal
+//!    of the lease holding its key keeps running, nothing else;
 //! 3. a long action is running: only lease renewal or loss-of-lock demotion;
 //! 4. shutdown requested;
 //! 5. data directory empty/invalid (`bootstrap`), system identifier checks;
@@ -257,8 +258,11 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
 
     let (outcome, paused) = match &obs.dcs {
         DcsView::Unreachable => {
-            let cfg = &obs.me.bootstrap_config;
-            let out = fencing::check(obs, memory, &mem, cfg).unwrap_or_else(|| {
+            // The lease was granted with the ttl last seen in the store.
+            let deadline = memory
+                .fence_deadline_ms
+                .unwrap_or_else(|| obs.me.bootstrap_config.fence_deadline_ms());
+            let out = fencing::check(obs, memory, &mem, deadline).unwrap_or_else(|| {
                 Outcome::none(match obs.running_task {
                     Some(kind) => format!(
                         "DCS is not accessible; running {} (nothing else to do)",
@@ -283,7 +287,8 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
                     mem.last_leader = Some(name.to_string());
                 }
             }
-            let out = match fencing::check(obs, memory, &mem, &cfg) {
+            mem.fence_deadline_ms = Some(cfg.fence_deadline_ms());
+            let out = match fencing::check(obs, memory, &mem, cfg.fence_deadline_ms()) {
                 Some(out) => out,
                 None => {
                     let mut ctx = Ctx {
@@ -350,6 +355,15 @@ fn finish_memory(obs: &Observation, mem: &mut Memory, actions: &[Action]) {
         && obs.local.in_recovery == Some(true)
     {
         mem.was_primary = false;
+    }
+    let gives_up = actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseLeader | Action::Demote { .. }));
+    match &obs.dcs {
+        DcsView::Available(snap) => {
+            mem.held_leader_key = snap.leader_name() == Some(obs.me.name.as_str()) && !gives_up;
+        }
+        DcsView::Unreachable => mem.held_leader_key &= !gives_up,
     }
     if actions.contains(&Action::WipeDataDir) || obs.local.data_dir == DataDirState::Empty {
         mem.was_primary = false;

@@ -1,23 +1,39 @@
 //! Self-fencing of a node that is, or may be about to be, a writable primary.
 //!
-//! Runs before any other branch. A (possible) primary demotes when it cannot
-//! prove on its own monotonic clock that its lease is still valid:
-//! * the store did not answer this cycle (`DcsView::Unreachable`) → `Offline`;
-//! * its last confirmed renewal (by send time) is older than the fence
-//!   deadline, or it never confirmed one → `ImmediateNoLock`;
-//! * this process was frozen: the gap since the previous cycle reaches the
-//!   fence deadline → `ImmediateNoLock`, even if the snapshot still shows our
-//!   name on the key (knowledge from before the freeze is not trusted).
+//! Runs before any other branch. The agent renews the lease from a dedicated
+//! keepalive task, independent of the HA cycle, and reports the monotonic
+//! *send* time of the last keepalive etcd confirmed
+//! (`Observation::last_lease_renewal_sent_ms`, read at the start of the
+//! cycle). A (possible) primary decides on that alone:
+//! * it never confirmed a lease, or its last confirmed renewal is at least the
+//!   fence deadline old → `Demote{ImmediateNoLock}`, whether the store
+//!   answered or not. This also covers a frozen process: the keepalive task
+//!   was frozen too, and a keepalive on an expired lease fails, so after a
+//!   freeze long enough for the lease to expire the renewal is stale;
+//! * the store did not answer this cycle (`DcsView::Unreachable`) but the
+//!   renewal is fresh and the last snapshot showed the leader key under my
+//!   name (`Memory::held_leader_key`) → no action at all: the key sits on my
+//!   lease, which etcd keeps alive at least until the fence deadline, so
+//!   nobody else can hold it. Without that knowledge (e.g. a primary that
+//!   was racing for a missing key) it demotes `ImmediateNoLock`: a fresh
+//!   renewal of a lease that holds no key proves nothing;
+//! * store answered and renewal fresh → the other branches decide.
 //!
-//! A fencing decision is only the `Demote` action: never `RenewLeader` or
-//! `AcquireLeader` in the same cycle. The next cycles may race again.
-//! Pause does not switch fencing off (deviation from Patroni, which keeps a
-//! paused primary running through a DCS outage). Failsafe mode is not
-//! implemented: with `failsafe_mode` on, pgwarden still demotes.
+//! A long gap since the previous cycle (a slow cycle, a short freeze) is not
+//! a trigger by itself: if the renewal is still fresh the lease never expired,
+//! so nobody else could have taken the key; the gap only shows in the reason.
+//! While the store is unreachable the deadline is the one of the dynamic
+//! configuration last seen (`Memory::fence_deadline_ms`): the lease was
+//! granted with that ttl, not with the bootstrap one.
+//!
+//! A fencing decision is only the `Demote` action (or nothing): never
+//! `RenewLeader`, `AcquireLeader` or anything needing a snapshot in the same
+//! cycle. The next cycles may race again. Pause does not switch fencing off
+//! (deviation from Patroni, which keeps a paused primary running through a
+//! DCS outage). Failsafe mode is not implemented: with `failsafe_mode` on,
+//! pgwarden still demotes once the renewal is stale.
 
-use pgwarden_types::DynamicConfig;
-
-use crate::decide::{standby_signal, Outcome};
+use crate::decide::{standby_signal, task_name, Outcome};
 use crate::observation::{Action, DcsView, DemoteMode, Memory, Observation, TaskKind};
 
 /// Whether PostgreSQL on this node may accept writes now or soon: it runs as
@@ -43,59 +59,67 @@ pub(crate) fn primary_risk(obs: &Observation, mem: &Memory) -> bool {
             || matches!(obs.running_task, Some(TaskKind::Start | TaskKind::Restart)))
 }
 
-/// Returns the fencing decision when this node must demote before anything else.
+/// Returns the fencing decision when this node must not go on as usual.
 ///
-/// `previous` is the memory as handed in (for the freeze gap), `mem` the
-/// working copy (with the role learned this cycle).
+/// `previous` is the memory as handed in (what this node knew when it last
+/// saw the store), `mem` the working copy (with the role learned this cycle),
+/// `deadline` the fence deadline in effect.
 pub(crate) fn check(
     obs: &Observation,
     previous: &Memory,
     mem: &Memory,
-    cfg: &DynamicConfig,
+    deadline: u64,
 ) -> Option<Outcome> {
     if !primary_risk(obs, mem) {
         return None;
     }
     let me = &obs.me.name;
-    let demote =
-        |mode: DemoteMode, why: String| Some(Outcome::new(vec![Action::Demote { mode }], why));
-    if obs.dcs == DcsView::Unreachable {
-        return demote(
-            DemoteMode::Offline,
-            format!("demoting self ({me}) because DCS is not accessible and I was a leader"),
-        );
+    let demote = |why: String| {
+        Some(Outcome::new(
+            vec![Action::Demote {
+                mode: DemoteMode::ImmediateNoLock,
+            }],
+            why,
+        ))
+    };
+    let unreachable = obs.dcs == DcsView::Unreachable;
+    let dcs = if unreachable {
+        "DCS is not accessible and "
+    } else {
+        ""
+    };
+    let Some(sent) = obs.last_lease_renewal_sent_ms else {
+        return demote(format!(
+            "demoting self ({me}) because {dcs}this process never confirmed a lease"
+        ));
+    };
+    let age = obs.now_ms.saturating_sub(sent);
+    if age >= deadline {
+        let gap = previous.last_cycle_ms.map_or(String::new(), |last| {
+            format!(
+                " (the previous cycle was {} ms ago)",
+                obs.now_ms.saturating_sub(last)
+            )
+        });
+        return demote(format!(
+            "demoting self ({me}) because {dcs}the last confirmed lease renewal is {age} ms old, \
+             at least the fence deadline of {deadline} ms{gap}"
+        ));
     }
-    let deadline = cfg.fence_deadline_ms();
-    if let Some(last) = previous.last_cycle_ms {
-        let gap = obs.now_ms.saturating_sub(last);
-        if gap >= deadline {
-            return demote(
-                DemoteMode::ImmediateNoLock,
-                format!(
-                    "demoting self ({me}) because this process was frozen for {gap} ms, \
-                     at least the fence deadline of {deadline} ms; the lease cannot be trusted"
-                ),
-            );
-        }
+    if !unreachable {
+        return None;
     }
-    match obs.last_lease_renewal_sent_ms {
-        None => demote(
-            DemoteMode::ImmediateNoLock,
-            format!("demoting self ({me}) because this process never confirmed a lease"),
-        ),
-        Some(sent) => {
-            let age = obs.now_ms.saturating_sub(sent);
-            if age >= deadline {
-                demote(
-                    DemoteMode::ImmediateNoLock,
-                    format!(
-                        "demoting self ({me}) because the last confirmed lease renewal is {age} ms old, \
-                         at least the fence deadline of {deadline} ms"
-                    ),
-                )
-            } else {
-                None
-            }
-        }
+    if !previous.held_leader_key {
+        return demote(format!(
+            "demoting self ({me}) because DCS is not accessible and the leader key was not mine \
+             when I last saw it"
+        ));
     }
+    let task = obs.running_task.map_or(String::new(), |kind| {
+        format!("; running {}", task_name(kind))
+    });
+    Some(Outcome::none(format!(
+        "DCS is not accessible; keeping the primary while my lease is valid for another {} ms{task}",
+        deadline - age
+    )))
 }

@@ -12,9 +12,12 @@
 //! * a node only acts as primary while it holds the leader key *and* its last
 //!   successful lease renewal (by send time) is younger than the fence deadline;
 //! * a primary that cannot confirm its lease demotes before the lease could
-//!   have expired in etcd, whatever etcd says;
-//! * after a gap in `now_ms` (a frozen process), the first action of a node
-//!   that was primary is to fence, never to renew from stale knowledge.
+//!   have expired in etcd, whatever etcd says, and never renews or races in
+//!   that cycle;
+//! * a primary whose key sits on a lease with a fresh confirmed renewal keeps
+//!   running through an unreachable store or a slow cycle: nobody else can
+//!   hold the key while that lease lives. After a real freeze the renewal is
+//!   stale (the keepalive task was frozen too), so the first action is to fence.
 
 mod bootstrap;
 mod decide;

@@ -145,8 +145,17 @@ pub enum Action {
 /// State the engine carries from one cycle to the next (plain data, owned by the agent).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Memory {
-    /// `now_ms` of the previous cycle, to detect freezes (large gaps).
+    /// `now_ms` of the previous cycle (logged by the agent and shown in
+    /// fencing reasons; a long gap alone does not fence).
     pub last_cycle_ms: Option<u64>,
+    /// The last snapshot showed the leader key under my name and no decision
+    /// since released it or demoted. Only then may a primary ride out an
+    /// unreachable store on a fresh lease renewal: a key on my live lease
+    /// cannot be anyone else's.
+    pub held_leader_key: bool,
+    /// Fence deadline of the dynamic configuration in the last snapshot (the
+    /// ttl the lease was granted with); used while the store is unreachable.
+    pub fence_deadline_ms: Option<u64>,
     /// When a crashed primary's restart began, for `primary_start_timeout`.
     pub primary_start_began_ms: Option<u64>,
     /// The leader we last followed, to detect leader changes.

@@ -52,6 +52,8 @@ prop_compose! {
         renewal_age in prop::option::of(0..40_000u64),
         gap in prop::option::of(0..40_000u64),
         was_primary in any::<bool>(),
+        held_key in any::<bool>(),
+        remembered_ttl in prop::option::of(prop::sample::select(vec![10u64, 30])),
         running in prop::option::of(0..7u8),
         finished in prop::option::of((0..7u8, any::<bool>())),
         shutdown in prop::bool::weighted(0.1),
@@ -128,6 +130,12 @@ prop_compose! {
         b.obs.last_lease_renewal_sent_ms = renewal_age.map(|a| NOW - a);
         b.mem.last_cycle_ms = gap.map(|g| NOW - g);
         b.mem.was_primary = was_primary;
+        b.mem.held_leader_key = held_key;
+        if unreachable {
+            // While the store is unreachable the deadline comes from memory
+            // (the ttl last seen); keep `cfg` the one the engine applies.
+            b.mem.fence_deadline_ms = remembered_ttl.map(|t| t * 1000 - 1000);
+        }
         b.mem.primary_start_began_ms = start_began.map(|s| NOW - s);
         b.obs.running_task = running.map(task);
         b.obs.finished_task = finished.map(|(k, ok)| crate::TaskOutcome {
@@ -140,6 +148,14 @@ prop_compose! {
         if unreachable {
             b.obs.dcs = DcsView::Unreachable;
         }
+        let cfg = match (unreachable, remembered_ttl) {
+            (true, Some(t)) => {
+                let (lw, rt) = if t == 10 { (2, 4) } else { (10, 10) };
+                DynamicConfig::from_json(&json!({"ttl": t, "loop_wait": lw, "retry_timeout": rt}))
+                    .expect("valid config")
+            }
+            _ => cfg,
+        };
         Case { b, cfg }
     }
 }
@@ -202,8 +218,8 @@ fn check(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
     let stale = obs
         .last_lease_renewal_sent_ms
         .is_none_or(|t| NOW - t >= deadline);
-    // (2) An unconfirmed primary demotes and never renews.
-    if primary && (obs.dcs == DcsView::Unreachable || stale) {
+    // (2) A primary without a fresh renewal demotes and never renews or races.
+    if primary && stale {
         prop_assert!(
             a.iter().any(|x| matches!(x, Action::Demote { .. })),
             "no demote: {a:?} ({})",
@@ -211,13 +227,37 @@ fn check(case: &Case, d: &Decision) -> Result<(), TestCaseError> {
         );
         prop_assert!(!a.iter().any(is_leadership), "renewed while stale: {a:?}");
     }
-    // (3) After a freeze the first action of a primary is Demote.
-    let frozen = case
+    // (2b) A primary that cannot read the store never renews, races, promotes
+    // or starts a primary; it keeps running only on a fresh renewal of the
+    // lease that held its key, and then does nothing at all.
+    if primary && obs.dcs == DcsView::Unreachable {
+        prop_assert!(
+            !a.iter()
+                .any(|x| is_leadership(x) || matches!(x, Action::Promote | Action::StartPrimary)),
+            "acted without a snapshot: {a:?} ({})",
+            d.reason
+        );
+        if stale || !case.b.mem.held_leader_key {
+            prop_assert_eq!(
+                a,
+                &vec![Action::Demote {
+                    mode: DemoteMode::ImmediateNoLock
+                }],
+                "{}",
+                d.reason
+            );
+        } else {
+            prop_assert!(a.is_empty(), "unreachable, fresh: {a:?} ({})", d.reason);
+        }
+    }
+    // (3) After a gap in which the renewal went stale (a freeze), the first
+    // action of a primary is Demote.
+    let gap = case
         .b
         .mem
         .last_cycle_ms
         .is_some_and(|t| NOW - t >= deadline);
-    if primary && frozen {
+    if primary && gap && stale {
         prop_assert!(
             matches!(a.first(), Some(Action::Demote { .. })),
             "frozen: {a:?} ({})",

@@ -4,8 +4,16 @@
 //! Model. One global simulated clock (ms). The store holds one lease per node
 //! (expiring `ttl` after the node's last confirmed keepalive) and one leader
 //! key (a node name on that node's lease; gone once the lease expires), with
-//! CAS semantics: `AcquireLeader` only when the key is absent, `RenewLeader`
-//! only when it holds our name, `ReleaseLeader` only when it holds our name.
+//! CAS semantics: `AcquireLeader` only when the key is absent and our lease
+//! lives, `RenewLeader` only when it holds our name, `ReleaseLeader` only
+//! when it holds our name. As in the agent, a keepalive task renews the lease
+//! independently of the HA cycle: whenever a node runs (a step of that node,
+//! also one that only executes a decision taken before a freeze) and reaches
+//! the store, its lease is kept alive, and the observation reports the send
+//! time of the last confirmed keepalive. A frozen node (one that does not
+//! step) sends nothing, so its renewal ages. A keepalive on an expired lease
+//! fails; the cycle then grants a new lease *after* reading the renewal, so
+//! the engine judges the stale one (as the agent does).
 //! PostgreSQL is a role (stopped / replica / primary), a WAL position and a
 //! timeline. Each schedule step picks a node, advances the clock (sometimes
 //! by a long freeze), decides whether that node reaches the store, and either
@@ -163,11 +171,30 @@ impl World {
         }
     }
 
+    fn lease_alive(&self, i: usize) -> bool {
+        self.store.lease_expiry[i] > self.now
+    }
+
+    /// A confirmed keepalive of a live lease, or a freshly granted lease.
     fn keepalive(&mut self, i: usize) {
         self.store.lease_expiry[i] = self.now + self.cfg.ttl * 1000;
         self.nodes[i].keepalive_sent = Some(self.now);
         if self.store.leader.map(|l| l.0) == Some(i) {
             self.nodes[i].leader_confirmed = Some(self.now);
+        }
+    }
+
+    /// The keepalive task of a running node. Returns whether the lease has
+    /// expired and a new one must be granted (after the renewal was read).
+    fn keeper(&mut self, i: usize, reachable: bool) -> bool {
+        if !reachable {
+            return false;
+        }
+        if self.lease_alive(i) {
+            self.keepalive(i);
+            false
+        } else {
+            true
         }
     }
 
@@ -279,6 +306,8 @@ impl World {
                 }
             }
         }
+        // The node runs in this step: its keepalive task runs too.
+        let regrant = self.keeper(i, s.reachable);
         // A decision taken before a freeze is executed now, against today's store.
         if let Some((d, obs)) = self.nodes[i].pending.take() {
             self.execute(i, &d, &obs, s)?;
@@ -297,10 +326,12 @@ impl World {
                     Some((kind, left - 1))
                 };
             }
-            if s.reachable {
+            let obs = self.observe(i, s);
+            if regrant {
+                // The leader key died with the old lease: a new lease
+                // confirms nothing about leadership.
                 self.keepalive(i);
             }
-            let obs = self.observe(i, s);
             let d = decide(&obs, &self.nodes[i].mem);
             self.nodes[i].mem = d.memory.clone();
             self.nodes[i].finished = None;
@@ -416,7 +447,7 @@ impl World {
             self.expire();
             match action {
                 Action::AcquireLeader => {
-                    if !reachable || self.store.leader.is_some() {
+                    if !reachable || self.store.leader.is_some() || !self.lease_alive(i) {
                         return Ok(());
                     }
                     self.store.revision += 1;
@@ -714,7 +745,10 @@ fn failover_after_freeze_and_rejoin() {
     let new = world.store.leader.map(|l| l.0).expect("a new leader");
     assert_ne!(new, old);
     assert_eq!(world.nodes[new].pg, Pg::Primary);
-    // The old primary wakes up: its first decision fences.
+    // The old primary wakes up: its lease expired during the freeze, so its
+    // keepalive fails, the renewal it reports is stale and its first
+    // decision fences.
+    assert!(!world.lease_alive(old));
     world.step(&calm(old, 500)).expect("wake");
     assert_eq!(
         world.nodes[old].pg,
@@ -722,7 +756,12 @@ fn failover_after_freeze_and_rejoin() {
         "{}",
         world.nodes[old].mem.last_reason
     );
-    assert!(world.nodes[old].mem.last_reason.contains("frozen"));
+    let reason = &world.nodes[old].mem.last_reason;
+    assert!(
+        reason.contains("the last confirmed lease renewal is")
+            && reason.contains("previous cycle was"),
+        "{reason}"
+    );
     for k in 0..12 {
         world.step(&calm(k % 3, 700)).expect("rejoin");
     }
@@ -736,19 +775,77 @@ fn failover_after_freeze_and_rejoin() {
     assert!(world.promotions >= 2);
 }
 
-/// A store outage longer than the fence deadline stops the primary before its
-/// key can expire, and nobody promotes while nobody can reach the store.
+/// A slow cycle or short freeze of the primary (longer than the fence
+/// deadline, shorter than the ttl) does not demote it: its lease never
+/// expired, its keepalive succeeds on wake, and nobody else took over.
+#[test]
+fn slow_primary_cycle_keeps_leadership() {
+    let steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
+    let mut world = run(false, &steps).expect("calm run");
+    let old = world.store.leader.map(|l| l.0).expect("leader");
+    let promotions = world.promotions;
+    let others: Vec<usize> = (0..3).filter(|&j| j != old).collect();
+    // The old primary steps at the start of this window; 9.5 s pass before its next cycle.
+    world.step(&calm(old, 0)).expect("renew");
+    for k in 0..19 {
+        world.step(&calm(others[k % 2], 500)).expect("others");
+    }
+    let gap = world.now - world.nodes[old].mem.last_cycle_ms.expect("cycled");
+    assert!(gap >= world.cfg.fence_deadline_ms() && gap < world.cfg.ttl * 1000);
+    assert!(world.lease_alive(old));
+    world.step(&calm(old, 0)).expect("slow cycle");
+    assert_eq!(
+        world.nodes[old].pg,
+        Pg::Primary,
+        "{}",
+        world.nodes[old].mem.last_reason
+    );
+    assert_eq!(world.store.leader.map(|l| l.0), Some(old));
+    assert_eq!(world.promotions, promotions);
+}
+
+/// A short store outage leaves the primary running while its lease is
+/// valid; an outage reaching the fence deadline stops it before its key can
+/// expire, and nobody promotes while nobody can reach the store.
 #[test]
 fn store_outage_fences_the_primary() {
     let steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
     let mut world = run(false, &steps).expect("calm run");
     let old = world.store.leader.map(|l| l.0).expect("leader");
-    let mut cut = calm(old, 1_000);
-    cut.reachable = false;
-    world.step(&cut).expect("cut");
-    assert_eq!(world.nodes[old].pg, Pg::Stopped);
-    assert!(world.nodes[old]
-        .mem
-        .last_reason
-        .contains("DCS is not accessible"));
+    let promotions = world.promotions;
+    world.step(&calm(old, 0)).expect("renew");
+    let deadline = world.cfg.fence_deadline_ms();
+    let renewed = world.now;
+    let cut = |node: usize, dt: u64| {
+        let mut s = calm(node, dt);
+        s.reachable = false;
+        s.peers_reachable = [false; 3];
+        s
+    };
+    loop {
+        world.step(&cut(old, 1_000)).expect("outage");
+        for j in (0..3).filter(|&j| j != old) {
+            world.step(&cut(j, 0)).expect("outage");
+        }
+        let n = &world.nodes[old];
+        if world.now - renewed < deadline {
+            assert_eq!(n.pg, Pg::Primary, "{}", n.mem.last_reason);
+            assert!(
+                n.mem.last_reason.contains("keeping the primary"),
+                "{}",
+                n.mem.last_reason
+            );
+        } else {
+            assert_eq!(n.pg, Pg::Stopped, "{}", n.mem.last_reason);
+            assert!(
+                n.mem.last_reason.contains("DCS is not accessible"),
+                "{}",
+                n.mem.last_reason
+            );
+            break;
+        }
+    }
+    // Stopped before its key could expire.
+    assert!(world.now < renewed + world.cfg.ttl * 1000);
+    assert_eq!(world.promotions, promotions);
 }

@@ -88,12 +88,18 @@ pub(crate) fn local_stopped(state: PgClusterState, standby_signal: bool) -> Loca
     }
 }
 
+/// The timing every test runs with unless it sets its own: ttl 10, so the
+/// fence deadline is 9000 ms (tests pin that boundary).
+pub(crate) fn test_timing() -> Value {
+    json!({"ttl": 10, "loop_wait": 2, "retry_timeout": 4})
+}
+
 pub(crate) fn base_snapshot() -> ClusterSnapshot {
     ClusterSnapshot {
         revision: 10,
         initialize: Some(SYSID.to_string()),
         config: Some(Versioned {
-            value: json!({}),
+            value: test_timing(),
             mod_revision: 2,
         }),
         leader: None,
@@ -130,7 +136,8 @@ impl B {
                     name: name.to_string(),
                     tags: Tags::default(),
                     can_bootstrap: true,
-                    bootstrap_config: DynamicConfig::default(),
+                    bootstrap_config: DynamicConfig::from_json(&test_timing())
+                        .expect("valid test timing"),
                 },
                 dcs: DcsView::Available(base_snapshot()),
                 local: local_replica(1000, None),
@@ -173,10 +180,17 @@ impl B {
         })
     }
 
+    /// Sets the `config` key; timing keys it leaves out keep the test timing.
     pub(crate) fn config(self, value: Value) -> B {
+        let mut merged = test_timing();
+        if let (Some(base), Some(extra)) = (merged.as_object_mut(), value.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
         self.snap(|s| {
             s.config = Some(Versioned {
-                value,
+                value: merged,
                 mod_revision: 3,
             })
         })
@@ -198,7 +212,7 @@ impl B {
         };
         self.snap(|s| {
             let cfg = s.config.get_or_insert(Versioned {
-                value: json!({}),
+                value: test_timing(),
                 mod_revision: 3,
             });
             cfg.value["synchronous_mode"] = json!(true);
@@ -273,6 +287,12 @@ impl B {
 
     pub(crate) fn first_cycle(mut self) -> B {
         self.mem.last_cycle_ms = None;
+        self
+    }
+
+    /// The previous snapshot showed the leader key under my name.
+    pub(crate) fn held_lock(mut self) -> B {
+        self.mem.held_leader_key = true;
         self
     }
 

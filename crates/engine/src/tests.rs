@@ -26,11 +26,66 @@ fn leader_upkeep() -> Vec<Action> {
 // ---------------------------------------------------------------- fencing
 
 #[test]
-fn primary_demotes_offline_when_dcs_is_unreachable() {
+fn unreachable_store_keeps_a_primary_whose_lease_is_fresh() {
+    // Default ttl 10 s: deadline 9000 ms, renewal 1000 ms old.
+    let d = expect(
+        &b().primary().held_lock().unreachable(),
+        vec![],
+        &["DCS is not accessible; keeping the primary while my lease is valid for another 8000 ms"],
+    );
+    assert!(d.memory.held_leader_key);
+    // The deadline is the one of the dynamic configuration last seen, not
+    // the bootstrap one.
+    expect(
+        &b().primary()
+            .held_lock()
+            .memory(|m| m.fence_deadline_ms = Some(29_000))
+            .renewed_ago(20_000)
+            .unreachable(),
+        vec![],
+        &["valid for another 9000 ms"],
+    );
+    expect(
+        &b().primary().held_lock().renewed_ago(8_999).unreachable(),
+        vec![],
+        &["valid for another 1 ms"],
+    );
+}
+
+#[test]
+fn unreachable_store_with_a_stale_renewal_demotes() {
+    expect(
+        &b().primary().held_lock().renewed_ago(9_000).unreachable(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &[
+            "DCS is not accessible",
+            "9000 ms old",
+            "fence deadline of 9000 ms",
+        ],
+    );
+    expect(
+        &b().primary()
+            .held_lock()
+            .memory(|m| m.fence_deadline_ms = Some(29_000))
+            .renewed_ago(29_000)
+            .unreachable(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["29000 ms old"],
+    );
+    expect(
+        &b().primary().held_lock().never_renewed().unreachable(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["DCS is not accessible", "never confirmed a lease"],
+    );
+}
+
+#[test]
+fn unreachable_store_demotes_a_primary_that_did_not_hold_the_key() {
+    // A fresh renewal of a lease that holds no leader key proves nothing.
     expect(
         &b().primary().unreachable(),
-        vec![demote(DemoteMode::Offline)],
-        &["DCS is not accessible"],
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["DCS is not accessible", "leader key was not mine"],
     );
 }
 
@@ -60,19 +115,47 @@ fn primary_without_any_confirmed_lease_demotes() {
 }
 
 #[test]
-fn frozen_primary_demotes_even_if_the_key_shows_its_name() {
+fn frozen_primary_with_a_stale_renewal_demotes_even_if_the_key_shows_its_name() {
+    // After a freeze the keepalive task was frozen too: the renewal is stale.
     expect(
-        &b().leader("n2").primary().last_cycle_ago(9_000),
+        &b().leader("n2")
+            .primary()
+            .held_lock()
+            .last_cycle_ago(20_000)
+            .renewed_ago(20_500),
         vec![demote(DemoteMode::ImmediateNoLock)],
-        &["frozen for 9000 ms"],
+        &["20500 ms old", "previous cycle was 20000 ms ago"],
     );
     // A frozen replica has nothing to fence.
     expect(
         &b().leader("n1")
             .local(local_replica(1000, Some("n1")))
-            .last_cycle_ago(60_000),
+            .last_cycle_ago(60_000)
+            .renewed_ago(60_000),
         vec![],
         &["following a leader (n1)"],
+    );
+}
+
+#[test]
+fn slow_cycle_with_a_fresh_renewal_does_not_demote() {
+    // The keepalive task kept the lease alive while the cycle was slow.
+    expect(
+        &b().leader("n2")
+            .primary()
+            .last_cycle_ago(30_000)
+            .renewed_ago(500),
+        leader_upkeep(),
+        &["the leader with the lock"],
+    );
+    expect(
+        &b().primary()
+            .held_lock()
+            .last_cycle_ago(30_000)
+            .renewed_ago(500)
+            .unreachable(),
+        vec![],
+        &["keeping the primary"],
     );
 }
 
@@ -140,8 +223,22 @@ fn stopped_former_primary_has_nothing_to_fence() {
 fn promotion_in_progress_is_fenced() {
     expect(
         &b().task(TaskKind::Promote).unreachable(),
-        vec![demote(DemoteMode::Offline)],
-        &["DCS"],
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["DCS is not accessible"],
+    );
+    expect(
+        &b().task(TaskKind::Promote)
+            .held_lock()
+            .renewed_ago(9_000)
+            .unreachable(),
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["9000 ms old"],
+    );
+    // Promoting under the key on a fresh lease: wait for the store.
+    expect(
+        &b().task(TaskKind::Promote).held_lock().unreachable(),
+        vec![],
+        &["keeping the primary", "running promote"],
     );
 }
 
@@ -154,7 +251,7 @@ fn starting_former_primary_is_fenced() {
     };
     expect(
         &b().local(starting.clone()).was_primary().unreachable(),
-        vec![demote(DemoteMode::Offline)],
+        vec![demote(DemoteMode::ImmediateNoLock)],
         &[],
     );
     // The same server starting with standby.signal comes up read-only.
@@ -1159,6 +1256,38 @@ fn memory_tracks_cycle_leader_and_reason() {
         .run();
     assert_eq!(d2.memory.last_leader.as_deref(), Some("n1"));
     assert_eq!(d2.memory.last_cycle_ms, Some(NOW));
+}
+
+#[test]
+fn memory_tracks_the_held_key_and_the_deadline() {
+    let d = b().leader("n2").primary().run();
+    assert!(d.memory.held_leader_key, "{}", d.reason);
+    assert_eq!(d.memory.fence_deadline_ms, Some(9_000));
+    let d = b()
+        .leader("n2")
+        .primary()
+        .config(json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10}))
+        .run();
+    assert_eq!(d.memory.fence_deadline_ms, Some(29_000));
+    // Someone else's key, no key, or a release clears it.
+    assert!(!b().leader("n1").held_lock().run().memory.held_leader_key);
+    assert!(!b().primary().held_lock().run().memory.held_leader_key);
+    let d = b().leader("n2").primary().shutdown().run();
+    assert_eq!(d.actions, vec![Stop, ReleaseLeader]);
+    assert!(!d.memory.held_leader_key);
+    // A switchover hands the key over.
+    let d = switchover_to("n3").held_lock().run();
+    assert!(!d.memory.held_leader_key, "{}", d.reason);
+    // An unreachable store keeps what was known, unless this cycle demotes.
+    let kept = b().primary().held_lock().unreachable().run();
+    assert!(kept.memory.held_leader_key);
+    let fenced = b()
+        .primary()
+        .held_lock()
+        .renewed_ago(9_000)
+        .unreachable()
+        .run();
+    assert!(!fenced.memory.held_leader_key);
 }
 
 #[test]

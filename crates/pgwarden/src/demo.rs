@@ -78,6 +78,12 @@ impl Drop for Cluster {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
             }
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.data_dirs.iter().any(|d| postmaster_pid(d).is_some())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for member in &mut self.etcd {
             let _ =
                 nix::sys::signal::kill(pid_of(&member.child), nix::sys::signal::Signal::SIGTERM);

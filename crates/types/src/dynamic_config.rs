@@ -141,11 +141,11 @@ pub const DYNAMIC_KEYS: &[&str] = &[
 
 impl DynamicConfig {
     /// pgwarden's default `ttl` in seconds.
-    pub const DEFAULT_TTL: u64 = 10;
+    pub const DEFAULT_TTL: u64 = 4;
     /// pgwarden's default `loop_wait` in seconds.
-    pub const DEFAULT_LOOP_WAIT: u64 = 2;
+    pub const DEFAULT_LOOP_WAIT: u64 = 1;
     /// pgwarden's default `retry_timeout` in seconds.
-    pub const DEFAULT_RETRY_TIMEOUT: u64 = 4;
+    pub const DEFAULT_RETRY_TIMEOUT: u64 = 1;
 
     /// Parses and validates a `config` JSON object.
     pub fn from_json(value: &Value) -> Result<DynamicConfig, DynamicConfigError> {
@@ -300,12 +300,18 @@ impl DynamicConfig {
     }
 
     /// Timing used to fence: the latest moment after the last successful lease
-    /// renewal at which a primary must already have stopped accepting writes.
+    /// renewal (by send time) at which a primary must already have stopped
+    /// accepting writes.
+    ///
+    /// etcd cannot expire the lease before `send time + ttl`, and a successor
+    /// needs the expiry, a watch event, a race and a promotion before it can
+    /// acknowledge a write. The margin below `ttl` covers the fence itself
+    /// (signalling the postmaster) with room to spare: a fifth of `ttl`, at
+    /// least 0.5 s and at most 1 s.
     pub fn fence_deadline_ms(&self) -> u64 {
-        // Keep one second of margin below ttl for the demotion itself to take effect.
-        (self.ttl * 1000)
-            .saturating_sub(1000)
-            .max(self.loop_wait * 1000)
+        let ttl_ms = self.ttl.saturating_mul(1000);
+        let margin = (ttl_ms / 5).clamp(500, 1000);
+        ttl_ms.saturating_sub(margin).max(500)
     }
 }
 
@@ -386,7 +392,8 @@ mod tests {
     fn defaults_when_empty() {
         let cfg = DynamicConfig::from_json(&json!({})).unwrap();
         assert_eq!(cfg, DynamicConfig::default());
-        assert_eq!(cfg.ttl, 10);
+        assert_eq!(cfg.ttl, 4);
+        assert_eq!(cfg.fence_deadline_ms(), 3200);
     }
 
     #[test]
@@ -416,6 +423,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "ttl");
         assert!(e.problem.contains("loop_wait + 2*retry_timeout"), "{e}");
+    }
+
+    #[test]
+    fn fence_margin_scales_with_ttl() {
+        let with_ttl = |ttl| {
+            DynamicConfig {
+                ttl,
+                ..DynamicConfig::default()
+            }
+            .fence_deadline_ms()
+        };
+        assert_eq!(with_ttl(30), 29_000);
+        assert_eq!(with_ttl(10), 9_000);
+        assert_eq!(with_ttl(3), 2_400);
+        assert_eq!(with_ttl(2), 1_500);
     }
 
     #[test]

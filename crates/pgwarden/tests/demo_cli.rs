@@ -1,0 +1,75 @@
+//! `pgwarden demo`: one command gives a ready cluster, and stopping it leaves nothing behind.
+
+use std::process::Command;
+
+use pgwarden_testbed::ports::free_port;
+
+/// Processes whose command line mentions `needle` (the demo's private directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            found.push(text);
+        }
+    }
+    found
+}
+
+#[test]
+fn demo_starts_a_ready_cluster_and_leaves_no_process_behind() {
+    let dir = tempfile::Builder::new()
+        .prefix("pgwarden-demo-test-")
+        .tempdir()
+        .unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    // Ports are consecutive from each base; bases far apart from each other.
+    let (pg, api, etcd) = (free_port(), free_port(), free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["demo", "--exit-when-ready", "--dir"])
+        .arg(&cluster_dir)
+        .args([
+            "--pg-port",
+            &pg.to_string(),
+            "--api-port",
+            &api.to_string(),
+            "--etcd-port",
+            &etcd.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("cluster ready"), "{stdout}");
+    assert!(
+        stdout.contains("target_session_attrs=read-write"),
+        "{stdout}"
+    );
+    let leaders = stdout.lines().filter(|l| l.contains(" Leader ")).count();
+    let streaming = stdout
+        .lines()
+        .filter(|l| l.contains(" Replica ") && l.contains("streaming"))
+        .count();
+    assert_eq!((leaders, streaming), (1, 2), "{stdout}");
+    let left = processes_mentioning(&cluster_dir.display().to_string());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}
+
+#[test]
+fn demo_names_the_missing_binary_and_the_install_command() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["demo", "--pg-bin", "/nonexistent/bin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/bin"), "{stderr}");
+    assert!(stderr.contains("apt-get install postgresql-15"), "{stderr}");
+}
