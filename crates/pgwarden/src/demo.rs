@@ -207,7 +207,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let interrupted = install_interrupt_flag()?;
+    let interrupted = install_interrupt_flag(&runtime)?;
 
     step(&format!(
         "starting 3 etcd members (logs in {})",
@@ -264,7 +264,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\nPress Ctrl-C to stop the cluster.");
     while !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
+        // Sleeping inside the runtime lets the signal task run.
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
         for agent in &mut cluster.agents {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 eprintln!(
@@ -294,20 +295,26 @@ fn demo_password() -> String {
     format!("demo{:x}", nanos ^ u128::from(std::process::id()))
 }
 
-fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use nix::sys::signal::{SigSet, Signal};
-    // Block SIGINT/SIGTERM in this thread (and the threads it spawns), and wait for them on a
-    // dedicated thread, so Ctrl-C turns into an orderly shutdown instead of killing the demo.
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block().context("blocking SIGINT")?;
+/// Sets a flag on Ctrl-C or SIGTERM.
+///
+/// Signal handlers (unlike a blocked signal mask) are reset when the agents are
+/// exec'd, so the agents still receive and handle SIGTERM themselves.
+fn install_interrupt_flag(
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _context = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = flag.clone();
-    std::thread::spawn(move || {
-        if set.wait().is_ok() {
-            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
+        seen.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     Ok(flag)
 }
