@@ -258,14 +258,7 @@ impl Executor<'_> {
                 info!("cloning a new replica from {member} with pg_basebackup");
                 Ok(Some(self.spawn(TaskKind::Clone, async move {
                     pg.basebackup(&upstream).await.map_err(|e| e.to_string())?;
-                    pg.start(
-                        &ConfigRole::Replica {
-                            upstream: Some(upstream),
-                        },
-                        pg.start_timeout(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
+                    start_replica(&pg, Some(upstream)).await
                 })))
             }
             Action::StartPrimary => {
@@ -292,9 +285,7 @@ impl Executor<'_> {
                         .unwrap_or_default()
                 );
                 Ok(Some(self.spawn(TaskKind::Start, async move {
-                    pg.start(&ConfigRole::Replica { upstream }, pg.start_timeout())
-                        .await
-                        .map_err(|e| e.to_string())
+                    start_replica(&pg, upstream).await
                 })))
             }
             Action::Follow { leader } => {
@@ -337,14 +328,7 @@ impl Executor<'_> {
                             return Err(err.to_string());
                         }
                     }
-                    pg.start(
-                        &ConfigRole::Replica {
-                            upstream: Some(upstream),
-                        },
-                        pg.start_timeout(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
+                    start_replica(&pg, Some(upstream)).await
                 })))
             }
             Action::WipeDataDir => {
@@ -599,4 +583,11 @@ fn seed_config(config: &AgentConfig) -> serde_json::Value {
         }
     }
     raw
+}
+
+/// Starts PostgreSQL as a replica of `upstream` (none: no upstream yet).
+async fn start_replica(pg: &Postgres, upstream: Option<Upstream>) -> Result<(), String> {
+    pg.start(&ConfigRole::Replica { upstream }, pg.start_timeout())
+        .await
+        .map_err(|e| e.to_string())
 }
