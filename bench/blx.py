@@ -36,6 +36,25 @@ sys.dont_write_bytecode = True   # never write into the (shared, read-only) base
 sys.path.insert(0, BL_DIR)
 import bl  # noqa: E402  (the baseline harness, driven as a module)
 
+
+def _accept_patroni4_replica_states():
+    """bl.py was written against Patroni 3.0.2, whose GET /cluster reports every
+    running member as "running". Patroni 4.x (and pgwarden, which follows its
+    format) reports a replica's replication state there instead ("streaming",
+    "in archive recovery"). Readiness is the same fact in both formats, so the
+    member table bl.py builds is normalised before its checks run."""
+    original = bl.cluster_state
+
+    def cluster_state():
+        st = original()
+        st['members'] = {name: (role, 'running' if state in ('streaming', 'in archive recovery') else state)
+                         for name, (role, state) in st['members'].items()}
+        return st
+    bl.cluster_state = cluster_state
+
+
+_accept_patroni4_replica_states()
+
 PORTS = ([e['client'] for e in bl.ETCD] + [e['peer'] for e in bl.ETCD]
          + [n['pg'] for n in bl.NODES] + [n['api'] for n in bl.NODES])
 
