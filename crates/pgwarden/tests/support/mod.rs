@@ -349,14 +349,17 @@ impl TestCluster {
             == Some(&["false".to_string()])
     }
 
+    /// Timeline a primary writes on now, from its current WAL file name. (The
+    /// checkpoint's timeline only moves after the first checkpoint following a
+    /// promotion, so it can lag right after a failover.)
     pub async fn timeline(&self, name: &str) -> Option<u32> {
         let v = self
             .query_strings(
                 name,
-                "select timeline_id::text from pg_control_checkpoint()",
+                "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
             )
             .await?;
-        v.first()?.parse().ok()
+        u32::from_str_radix(v.first()?, 16).ok()
     }
 
     pub fn log(&self, i: usize) -> String {
