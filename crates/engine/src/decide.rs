@@ -251,10 +251,12 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
     if memory.last_cycle_ms.is_none() && datadir_says_primary(&obs.local) {
         mem.was_primary = true;
     }
+    absorb_finished_task(obs, &mut mem);
+    // After the task bookkeeping: a primary seen running is a primary to
+    // remember, also in the cycle in which the bootstrap that made it ended.
     if obs.local.is_running_primary() {
         mem.was_primary = true;
     }
-    absorb_finished_task(obs, &mut mem);
 
     let (outcome, paused) = match &obs.dcs {
         DcsView::Unreachable => {
@@ -331,6 +333,12 @@ fn absorb_finished_task(obs: &Observation, mem: &mut Memory) {
         (TaskKind::Rewind, true) => {
             mem.rewind_failed = false;
             mem.was_primary = false;
+        }
+        // A bootstrap leaves a primary behind: if it crashes at once, it is
+        // restarted as a primary, not promoted from a replica (no new timeline).
+        (TaskKind::Initdb, true) => {
+            mem.was_primary = true;
+            mem.rewind_failed = false;
         }
         // Fresh data directories carry no primary past.
         (TaskKind::Clone | TaskKind::Initdb, _) => {

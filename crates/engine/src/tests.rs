@@ -1323,3 +1323,18 @@ impl PeerReportExt {
         }
     }
 }
+
+#[test]
+fn a_finished_bootstrap_is_remembered_as_a_primary() {
+    // The cycle in which initdb finished sees a running primary; a crash right
+    // after must restart it as a primary, not promote it again from a replica.
+    let d = b()
+        .leader("n2")
+        .primary()
+        .finished(TaskKind::Initdb, true)
+        .run();
+    assert!(d.memory.was_primary, "{}", d.reason);
+    // A clone leaves no primary past.
+    let d = b().leader("n1").finished(TaskKind::Clone, true).run();
+    assert!(!d.memory.was_primary, "{}", d.reason);
+}
