@@ -235,6 +235,47 @@ impl Executor<'_> {
                 .await?;
                 Ok(None)
             }
+            Action::WriteSync(write) => {
+                let pre = match write.mod_revision {
+                    Some(revision) => Precondition::ModRevision(revision),
+                    None => Precondition::Absent,
+                };
+                match self
+                    .etcd("writing the sync key", self.dcs.set_sync(&write.state, pre))
+                    .await?
+                {
+                    Some(_) => {
+                        info!(
+                            "synchronous standbys in the sync key: {}",
+                            write.state.sync_standby.as_deref().unwrap_or("none")
+                        );
+                        Ok(None)
+                    }
+                    None => Err(Stop("the sync key was updated by someone else".to_string())),
+                }
+            }
+            Action::DeleteSync { mod_revision } => {
+                self.etcd(
+                    "deleting the sync key",
+                    self.dcs
+                        .delete_sync(Precondition::ModRevision(*mod_revision)),
+                )
+                .await?;
+                Ok(None)
+            }
+            Action::SetSyncStandbyNames { value } => {
+                info!(
+                    "setting synchronous_standby_names to {}",
+                    value
+                        .as_deref()
+                        .map_or("the configured value".to_string(), |v| format!("'{v}'"))
+                );
+                self.pg
+                    .set_sync_standby_names(value.as_deref())
+                    .await
+                    .map_err(|e| Stop(format!("could not set synchronous_standby_names: {e}")))?;
+                Ok(None)
+            }
             Action::WriteInitialize { system_identifier } => {
                 self.etcd(
                     "writing initialize",

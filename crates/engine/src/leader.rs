@@ -12,6 +12,7 @@ use pgwarden_types::Lsn;
 
 use crate::decide::{Ctx, Outcome};
 use crate::observation::{Action, DemoteMode};
+use crate::sync;
 
 /// Leader key is mine; PostgreSQL runs and answers.
 pub(crate) fn holding_lock(ctx: &mut Ctx<'_>) -> Outcome {
@@ -31,16 +32,21 @@ pub(crate) fn holding_lock(ctx: &mut Ctx<'_>) -> Outcome {
         );
     }
     if !is_primary {
+        let mut actions = vec![Action::RenewLeader];
+        actions.extend(sync::before_promotion(ctx));
+        actions.push(Action::Promote);
         return Outcome::new(
-            vec![Action::RenewLeader, Action::Promote],
+            actions,
             "promoted self to leader because I had the session lock",
         );
     }
     if let Some(out) = switchover(ctx) {
         return out;
     }
+    let mut actions = upkeep(ctx);
+    actions.extend(sync::maintain(ctx));
     Outcome::new(
-        upkeep(ctx),
+        actions,
         format!("no action: I am ({me}), the leader with the lock"),
     )
 }

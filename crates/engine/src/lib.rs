@@ -27,6 +27,7 @@ mod leader;
 mod observation;
 mod race;
 mod recover;
+mod sync;
 
 #[cfg(test)]
 mod proptests;
@@ -39,6 +40,6 @@ mod tests;
 
 pub use decide::decide;
 pub use observation::{
-    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport, TaskKind,
-    TaskOutcome,
+    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
+    SyncBarrier, SyncWrite, TaskKind, TaskOutcome,
 };

@@ -140,6 +140,32 @@ pub enum Action {
     UpdateHistory,
     /// Publish `status` (optime, slots).
     WriteStatus,
+    /// Write the `sync` key under the given precondition; a failed write stops
+    /// the cycle's remaining actions (so no promotion follows a lost race).
+    WriteSync(SyncWrite),
+    /// Delete the `sync` key if it is still at `mod_revision` (mode turned off).
+    DeleteSync { mod_revision: i64 },
+    /// Set (`Some`) or drop (`None`: the user's own setting applies) pgwarden's
+    /// `synchronous_standby_names`, and reload.
+    SetSyncStandbyNames { value: Option<String> },
+}
+
+/// A conditional write of the `sync` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncWrite {
+    pub state: pgwarden_types::SyncState,
+    /// The key's revision when the decision was made; `None`: it must not exist.
+    pub mod_revision: Option<i64>,
+}
+
+/// The leader's flush position once its latest `synchronous_standby_names`
+/// took effect: a standby that flushed past it holds every acknowledged commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncBarrier {
+    /// The setting this barrier belongs to.
+    pub value: String,
+    /// `None` until PostgreSQL reports the setting in effect.
+    pub lsn: Option<Lsn>,
 }
 
 /// State the engine carries from one cycle to the next (plain data, owned by the agent).
@@ -166,6 +192,8 @@ pub struct Memory {
     pub was_primary: bool,
     /// Last reason logged, so the agent logs a decision once when it changes.
     pub last_reason: String,
+    /// Synchronous replication: the barrier of the current setting.
+    pub sync_barrier: Option<SyncBarrier>,
 }
 
 /// The engine's answer for one cycle.

@@ -46,6 +46,7 @@ pub(crate) fn leader_race(ctx: &mut Ctx<'_>) -> Outcome {
             if is_primary {
                 Outcome::new(actions, "acquired session lock as a leader")
             } else {
+                actions.extend(crate::sync::before_promotion(ctx));
                 actions.push(Action::Promote);
                 Outcome::new(actions, "promoted self to leader by acquiring session lock")
             }

@@ -1,7 +1,7 @@
 //! Unit tests: every branch of `decide`, with the exact action list and the
 //! key words of the reason.
 
-use pgwarden_types::{LocalPgState, Lsn, PgClusterState, PgState, Role, Tags};
+use pgwarden_types::{LocalPgState, Lsn, PgClusterState, PgState, Role, SyncState, Tags};
 use serde_json::json;
 
 use crate::testkit::*;
@@ -1054,9 +1054,16 @@ fn lagging_replica_does_not_race() {
 #[test]
 fn sync_mode_only_listed_members_race() {
     expect(&b().sync("n1", "n3"), vec![], &["not listed in /sync"]);
+    // The winner claims the sync key (conditional on the revision it read)
+    // and resets its own setting before promoting.
     expect(
         &b().sync("n1", "n2"),
-        vec![AcquireLeader, Promote],
+        vec![
+            AcquireLeader,
+            claim_sync("n2", 8),
+            reset_sync_setting(None),
+            Promote,
+        ],
         &["promoted"],
     );
     // Stale key with the mode off is ignored.
@@ -1112,7 +1119,12 @@ fn most_advanced_peer_wins() {
     expect(
         &b().sync("n1", "n2")
             .peers(vec![peer("n3", Role::Replica, 5000)]),
-        vec![AcquireLeader, Promote],
+        vec![
+            AcquireLeader,
+            claim_sync("n2", 8),
+            reset_sync_setting(None),
+            Promote,
+        ],
         &[],
     );
 }
@@ -1337,4 +1349,21 @@ fn a_finished_bootstrap_is_remembered_as_a_primary() {
     // A clone leaves no primary past.
     let d = b().leader("n1").finished(TaskKind::Clone, true).run();
     assert!(!d.memory.was_primary, "{}", d.reason);
+}
+
+fn claim_sync(leader: &str, mod_revision: i64) -> Action {
+    Action::WriteSync(crate::SyncWrite {
+        state: SyncState {
+            leader: Some(leader.to_string()),
+            quorum: 0,
+            sync_standby: None,
+        },
+        mod_revision: Some(mod_revision),
+    })
+}
+
+fn reset_sync_setting(value: Option<&str>) -> Action {
+    Action::SetSyncStandbyNames {
+        value: value.map(str::to_string),
+    }
 }

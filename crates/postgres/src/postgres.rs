@@ -216,6 +216,10 @@ impl Postgres {
         let s = self.settings();
         let mut state = LocalPgState::empty();
         state.data_dir = self.data_dir_state().await;
+        state.managed_sync_standby_names =
+            std::fs::read_to_string(s.data_dir.join(render::SYNC_CONF))
+                .ok()
+                .and_then(|text| render::parse_sync_conf(&text));
         state.postmaster_pid = files::live_postmaster(&s.data_dir);
         if state.postmaster_pid.is_none() {
             return state;
@@ -495,6 +499,25 @@ impl Postgres {
                 warn!("checkpoint after promote failed: {e}");
             }
         });
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) pgwarden's own
+    /// `synchronous_standby_names`, then reloads a running server. Removing
+    /// the file brings back the user's setting from the configuration.
+    pub async fn set_sync_standby_names(&self, value: Option<&str>) -> Result<(), PgError> {
+        let s = self.settings();
+        let owner = self.owner(&s)?;
+        let path = s.data_dir.join(render::SYNC_CONF);
+        match value {
+            Some(v) => {
+                files::write_file(&path, render::render_sync_conf(v).as_bytes(), 0o600, owner)?
+            }
+            None => files::remove_file(&path)?,
+        }
+        if files::live_postmaster(&s.data_dir).is_some() {
+            self.reload().await?;
+        }
         Ok(())
     }
 
@@ -916,7 +939,8 @@ const PROBE_SQL: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
      pg_catalog.pg_last_wal_receive_lsn()::text, \
      pg_catalog.pg_last_wal_replay_lsn()::text, \
      (SELECT status FROM pg_catalog.pg_stat_wal_receiver), \
-     EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart)";
+     EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart), \
+     current_setting('synchronous_standby_names')";
 
 const REPLICATION_SQL: &str =
     "SELECT usename::text, application_name, host(client_addr), state, sync_state, \
@@ -942,6 +966,7 @@ async fn probe(s: &PgSettings, timeout: Duration, state: &mut LocalPgState) -> R
     state.replay_lsn = col(5).and_then(|v| Lsn::from_str(&v).ok());
     state.streaming = col(6).as_deref() == Some("streaming");
     state.pending_restart = col(7).as_deref() == Some("t");
+    state.sync_standby_names = col(8);
 
     let rows = simple_rows(client, TIMELINE_SQL, "find the current timeline").await?;
     if let Some(row) = rows.first() {

@@ -16,6 +16,13 @@ use crate::settings::{ConfigRole, PgSettings, Upstream};
 pub const INCLUDE_BASE: &str = "include 'postgresql.base.conf'";
 /// The file initdb's `postgresql.conf` is renamed to.
 pub const BASE_CONF: &str = "postgresql.base.conf";
+/// The include file holding `synchronous_standby_names` while pgwarden manages
+/// synchronous replication. Kept apart from `postgresql.conf` so that changing
+/// the synchronous standbys never rewrites (or races with) the main file.
+pub const SYNC_CONF: &str = "pgwarden.sync.conf";
+/// Last line of the rendered `postgresql.conf`: the sync file overrides the
+/// user's own `synchronous_standby_names` only while it exists.
+pub const INCLUDE_SYNC: &str = "include_if_exists 'pgwarden.sync.conf'";
 /// Comment key recording the member a replica was configured to follow.
 const FOLLOWING_MARK: &str = "# pgwarden-following: ";
 
@@ -110,7 +117,46 @@ pub fn render_postgresql_conf(settings: &PgSettings, role: &ConfigRole) -> Strin
             out.push_str(&format!("{key} = ''\n"));
         }
     }
+    out.push_str(INCLUDE_SYNC);
+    out.push('\n');
     out
+}
+
+/// The content of [`SYNC_CONF`] for a `synchronous_standby_names` value.
+pub fn render_sync_conf(value: &str) -> String {
+    format!(
+        "# Written by pgwarden while synchronous_mode is on; do not edit.\nsynchronous_standby_names = {}\n",
+        quote_conf(value)
+    )
+}
+
+/// The value written by [`render_sync_conf`]; `None` when the text has no
+/// such line (a damaged file counts as absent and is rewritten).
+pub fn parse_sync_conf(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("synchronous_standby_names = "))?;
+    let inner = line.strip_prefix('\'')?.strip_suffix('\'')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match (ch, chars.peek()) {
+            ('\'', Some('\'')) | ('\\', Some('\\')) => {
+                out.push(ch);
+                chars.next();
+            }
+            ('\\', Some('n')) => {
+                out.push('\n');
+                chars.next();
+            }
+            ('\\', Some('r')) => {
+                out.push('\r');
+                chars.next();
+            }
+            _ => out.push(ch),
+        }
+    }
+    Some(out)
 }
 
 /// The member name recorded by [`render_postgresql_conf`], if any.
@@ -275,6 +321,28 @@ pub fn valid_slot_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_conf_round_trips_awkward_names() {
+        for value in [
+            "",
+            "*",
+            "node1",
+            "2 (\"node-2\",node3)",
+            "ANY 1 (a,\"it's\")",
+            "x\\y",
+        ] {
+            let text = render_sync_conf(value);
+            assert_eq!(parse_sync_conf(&text).as_deref(), Some(value), "{text}");
+        }
+        assert_eq!(parse_sync_conf("garbage"), None);
+    }
+
+    #[test]
+    fn postgresql_conf_includes_the_sync_file_last() {
+        let conf = render_postgresql_conf(&settings(), &ConfigRole::Primary);
+        assert_eq!(conf.lines().last(), Some(INCLUDE_SYNC));
+    }
     use crate::settings::Credentials;
     use std::path::PathBuf;
     use std::time::Duration;

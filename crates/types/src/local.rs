@@ -106,6 +106,11 @@ pub struct LocalPgState {
     pub postmaster_start_time: Option<String>,
     /// Some parameter needs a restart to take effect.
     pub pending_restart: bool,
+    /// `synchronous_standby_names` in effect (`SHOW`), when the server answered.
+    pub sync_standby_names: Option<String>,
+    /// The value pgwarden wrote into its own synchronous-replication include
+    /// file; `None` when the file does not exist (the user's setting applies).
+    pub managed_sync_standby_names: Option<String>,
 }
 
 impl LocalPgState {
@@ -126,6 +131,8 @@ impl LocalPgState {
             server_version: None,
             postmaster_start_time: None,
             pending_restart: false,
+            sync_standby_names: None,
+            managed_sync_standby_names: None,
         }
     }
 

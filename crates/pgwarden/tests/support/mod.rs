@@ -39,6 +39,9 @@ pub struct Options {
     pub maximum_lag_on_failover: u64,
     pub use_pg_rewind: bool,
     pub primary_start_timeout: u64,
+    /// More `bootstrap.dcs` lines (YAML at the indentation of `ttl`), e.g.
+    /// `"    synchronous_mode: on\n"`.
+    pub extra_dcs: String,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             maximum_lag_on_failover: 1_048_576,
             use_pg_rewind: true,
             primary_start_timeout: 30,
+            extra_dcs: String::new(),
         }
     }
 }
@@ -444,7 +448,7 @@ bootstrap:
     retry_timeout: {retry}
     maximum_lag_on_failover: {lag}
     primary_start_timeout: {pst}
-    postgresql:
+{extra_dcs}    postgresql:
       use_pg_rewind: {rewind}
       use_slots: true
       parameters:
@@ -484,6 +488,7 @@ postgresql:
         retry = t.retry_timeout,
         lag = options.maximum_lag_on_failover,
         pst = options.primary_start_timeout,
+        extra_dcs = options.extra_dcs,
         rewind = options.use_pg_rewind,
         data = node.data_dir().display(),
         dir = node.dir.display(),
