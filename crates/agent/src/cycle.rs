@@ -16,7 +16,10 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Monotonic;
 use crate::executor::{Executor, RunningTask};
-use crate::fence::{spawn_fence_timer, spawn_lease_keeper, spawn_postmaster_watch, Shared};
+use crate::fence::{
+    spawn_failsafe_rounds, spawn_fence_timer, spawn_lease_keeper, spawn_postmaster_watch,
+    FailsafeClaim, Shared,
+};
 use crate::member::member_data;
 use crate::peers::poll_peers;
 use crate::rest::{spawn_rest, RestBackend};
@@ -36,6 +39,11 @@ pub struct Agent {
     api_client: ApiClient,
     dynamic: DynamicConfig,
     system_id_checked: bool,
+    reload_source: Option<crate::ReloadSource>,
+    /// Whoever waits for the end of an operator restart.
+    restart_waiter: Option<tokio::sync::oneshot::Sender<crate::operator::Reply>>,
+    /// The PostgreSQL configuration changed: rewrite the files and reload.
+    pg_reload_pending: bool,
 }
 
 impl Agent {
@@ -57,7 +65,39 @@ impl Agent {
             last_published: None,
             dynamic,
             system_id_checked: false,
+            reload_source: None,
+            restart_waiter: None,
+            pg_reload_pending: false,
         }
+    }
+
+    /// Where `POST /reload` and SIGHUP re-read the configuration from.
+    pub fn with_reload_source(mut self, source: Option<crate::ReloadSource>) -> Agent {
+        self.reload_source = source;
+        self
+    }
+
+    /// Re-reads the configuration; identity changes need a restart of the agent.
+    fn reload_config(&mut self) -> Result<String, String> {
+        let Some(source) = &self.reload_source else {
+            return Err("this agent was started without a configuration file to re-read".into());
+        };
+        let fresh = source()?;
+        if fresh.name != self.config.name || fresh.scope != self.config.scope {
+            return Err(format!(
+                "name or scope changed in the configuration ({}/{} -> {}/{}); restart the agent to apply that",
+                self.config.scope, self.config.name, fresh.scope, fresh.name
+            ));
+        }
+        for warning in &fresh.warnings {
+            warn!("{warning}");
+        }
+        self.config = Arc::new(fresh);
+        let settings = crate::postgres_settings(&self.config, &self.dynamic);
+        self.pg.update_settings(settings);
+        self.pg_reload_pending = true;
+        info!("configuration reloaded");
+        Ok("reloaded configuration".into())
     }
 
     /// Runs until `shutdown` resolves and the shutdown handover has finished.
@@ -86,6 +126,18 @@ impl Agent {
                 self.shared.clone(),
                 self.dcs.clone(),
                 self.pg.clone(),
+                self.request_timeout(),
+                stop_rx.clone(),
+            );
+            spawn_failsafe_rounds(
+                self.shared.clone(),
+                self.config.name.clone(),
+                FailsafeClaim {
+                    name: self.config.name.clone(),
+                    conn_url: self.config.conn_url(),
+                    api_url: self.config.api_url(),
+                    slots: Default::default(),
+                },
                 self.request_timeout(),
                 stop_rx.clone(),
             );
@@ -203,6 +255,16 @@ impl Agent {
     /// One cycle. Returns true when a requested shutdown has completed.
     async fn run_cycle(&mut self, shutdown_requested: bool) -> bool {
         let finished = self.collect_finished_task();
+        if let Some(waiter) = self.shared.mailbox.take_reload() {
+            let outcome = self.reload_config();
+            if let Err(err) = &outcome {
+                error!("reload failed: {err}");
+            }
+            if let Some(tx) = waiter {
+                let _ = tx.send(outcome);
+            }
+        }
+        let pending = self.shared.mailbox.take(chrono::Utc::now().fixed_offset());
         // The renewal the engine judges is the keeper's, read before this cycle
         // does anything: after a freeze it is stale and the primary fences first.
         let renewal = self.shared.last_renewal_ms();
@@ -228,6 +290,8 @@ impl Agent {
         };
         if let DcsView::Available(snapshot) = &view {
             self.apply_dynamic_config(snapshot);
+            self.shared
+                .set_failsafe_targets(snapshot.failsafe.clone().unwrap_or_default());
             if let Err(err) = self.check_system_identifier(snapshot) {
                 error!("{err}");
                 self.publish_status(&view, &self.pg.observe().await, &err.to_string());
@@ -258,6 +322,10 @@ impl Agent {
             running_task: self.task.as_ref().map(|t| t.kind),
             finished_task: finished,
             shutdown_requested,
+            failsafe_confirmed_ms: self.shared.failsafe_confirmed_ms(),
+            failsafe_leader: self.shared.failsafe_leader(),
+            operator_request: pending.as_ref().map(|p| p.request.clone()),
+            wall_clock_ms: chrono::Utc::now().timestamp_millis(),
         };
         let decision = decide(&observation, &self.memory);
         if decision.reason != self.memory.last_reason {
@@ -267,6 +335,21 @@ impl Agent {
         }
         self.memory = decision.memory.clone();
         self.memory.last_reason = decision.reason.clone();
+        self.shared.set_held_leader_key(self.memory.held_leader_key);
+        if let Some(pending) = pending {
+            match &decision.operator_reply {
+                Some(reply) => {
+                    match reply {
+                        Ok(message) => info!("operator request {:?}: {message}", pending.request),
+                        Err(why) => warn!("operator request {:?} refused: {why}", pending.request),
+                    }
+                    if let Some(tx) = pending.reply {
+                        let _ = tx.send(reply.clone());
+                    }
+                }
+                None => self.restart_waiter = pending.reply,
+            }
+        }
 
         let snapshot = match &view {
             DcsView::Available(s) => Some(s),
@@ -286,6 +369,12 @@ impl Agent {
         if let Some(task) = executor.run(&decision.actions).await {
             self.task = Some(task);
         }
+        if self.pg_reload_pending && self.task.is_none() {
+            self.pg_reload_pending = false;
+            if let Err(err) = executor.apply_postgres_config().await {
+                warn!("could not apply the PostgreSQL configuration: {err}");
+            }
+        }
 
         let local = self.pg.observe().await;
         if matches!(view, DcsView::Available(_)) {
@@ -300,6 +389,15 @@ impl Agent {
         let task = self.task.as_mut()?;
         let outcome = task.try_finish()?;
         self.task = None;
+        if outcome.kind == pgwarden_engine::TaskKind::Restart {
+            if let Some(tx) = self.restart_waiter.take() {
+                let _ = tx.send(if outcome.success {
+                    Ok("restarted successfully".to_string())
+                } else {
+                    Err(format!("restart failed: {}", outcome.message))
+                });
+            }
+        }
         if outcome.success {
             info!("{:?} finished", outcome.kind);
         } else {
@@ -347,6 +445,8 @@ impl Agent {
             }
             let settings = crate::postgres_settings(&self.config, &dynamic);
             self.pg.update_settings(settings);
+            self.pg_reload_pending |= self.dynamic.parameters != dynamic.parameters
+                || self.dynamic.pg_hba != dynamic.pg_hba;
             self.dynamic = dynamic;
         }
         self.shared.set_dynamic(self.dynamic.clone());

@@ -225,6 +225,11 @@ impl Executor<'_> {
                 }
                 Ok(None)
             }
+            Action::WriteFailsafe { members } => {
+                self.etcd("writing failsafe", self.dcs.set_failsafe(members))
+                    .await?;
+                Ok(None)
+            }
             Action::ClearFailover { mod_revision } => {
                 let cleared = FailoverRequest::default();
                 self.etcd(
@@ -351,6 +356,33 @@ impl Executor<'_> {
                 self.demote(*mode).await;
                 Ok(None)
             }
+            Action::RestartAsPrimary => {
+                self.lease_is_fresh("restarting as primary")?;
+                let pg = self.pg.clone();
+                info!("restarting PostgreSQL as primary");
+                Ok(Some(self.spawn(TaskKind::Restart, async move {
+                    pg.stop(StopMode::Fast, Duration::from_secs(60))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    pg.start(&ConfigRole::Primary, pg.start_timeout())
+                        .await
+                        .map_err(|e| e.to_string())
+                })))
+            }
+            Action::RestartAsReplica { leader } => {
+                let upstream = match leader {
+                    Some(leader) => Some(self.upstream(leader)?),
+                    None => None,
+                };
+                let pg = self.pg.clone();
+                info!("restarting PostgreSQL as a replica");
+                Ok(Some(self.spawn(TaskKind::Restart, async move {
+                    pg.stop(StopMode::Fast, Duration::from_secs(60))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    start_replica(&pg, upstream).await
+                })))
+            }
             Action::Stop => {
                 if let Err(err) = self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await {
                     error!("stopping PostgreSQL failed: {err}");
@@ -417,6 +449,30 @@ impl Executor<'_> {
                 .insert(slot_name_for_member(&self.config.name), lsn.0);
         }
         status
+    }
+
+    /// Rewrites the configuration files for the role PostgreSQL runs in and
+    /// reloads it (parameters changed in the local or dynamic configuration).
+    /// A stopped server gets its files at the next start.
+    pub async fn apply_postgres_config(&self) -> Result<(), String> {
+        let role = match self.local.in_recovery {
+            Some(false) => ConfigRole::Primary,
+            Some(true) => ConfigRole::Replica {
+                upstream: self
+                    .local
+                    .following
+                    .as_deref()
+                    .and_then(|member| self.upstream(member).ok()),
+            },
+            None => return Ok(()),
+        };
+        self.pg
+            .write_config(&role)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pg.reload().await.map_err(|e| e.to_string())?;
+        info!("PostgreSQL configuration rewritten and reloaded");
+        Ok(())
     }
 
     async fn demote(&self, mode: DemoteMode) {

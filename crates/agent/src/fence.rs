@@ -8,7 +8,7 @@
 //! watch wakes the loop within a fraction of a second when PostgreSQL dies, so
 //! a crash is handled at once instead of at the next `loop_wait`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -42,6 +42,27 @@ pub struct Shared {
     members: RwLock<BTreeSet<String>>,
     status: RwLock<Option<NodeStatus>>,
     dcs: Mutex<Option<Arc<dyn Dcs>>>,
+    /// The last snapshot showed the leader key under my name.
+    held_leader_key: AtomicBool,
+    /// The last keepalive did not reach etcd (failsafe rounds run meanwhile).
+    dcs_failing: AtomicBool,
+    /// Send time of the last failsafe round every listed member accepted.
+    failsafe_confirmed_ms: AtomicU64,
+    /// `/failsafe` as last read: member name → api_url.
+    failsafe_targets: RwLock<BTreeMap<String, String>>,
+    /// Replica side: the leader accepted through `POST /failsafe`, and when.
+    failsafe_accepted: Mutex<Option<(String, u64)>>,
+    /// Operator requests from the REST API.
+    pub mailbox: crate::operator::Mailbox,
+}
+
+/// Why this node refuses a leader's `POST /failsafe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailsafeRefusal {
+    /// `failsafe_mode` is off in the configuration this node last read.
+    Disabled,
+    /// This node runs a primary itself.
+    RunningAsLeader,
 }
 
 impl Shared {
@@ -60,7 +81,79 @@ impl Shared {
             members: RwLock::new(BTreeSet::new()),
             status: RwLock::new(None),
             dcs: Mutex::new(None),
+            held_leader_key: AtomicBool::new(false),
+            dcs_failing: AtomicBool::new(false),
+            failsafe_confirmed_ms: AtomicU64::new(NEVER),
+            failsafe_targets: RwLock::new(BTreeMap::new()),
+            failsafe_accepted: Mutex::new(None),
+            mailbox: Default::default(),
         }
+    }
+
+    pub fn set_held_leader_key(&self, held: bool) {
+        self.held_leader_key.store(held, Ordering::SeqCst);
+    }
+
+    pub fn set_failsafe_targets(&self, targets: BTreeMap<String, String>) {
+        *self
+            .failsafe_targets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = targets;
+    }
+
+    fn failsafe_mode(&self) -> bool {
+        self.dynamic
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .failsafe_mode
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.dynamic
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ttl
+            .saturating_mul(1000)
+    }
+
+    /// Send time of the last failsafe round every listed member accepted.
+    pub fn failsafe_confirmed_ms(&self) -> Option<u64> {
+        let v = self.failsafe_confirmed_ms.load(Ordering::SeqCst);
+        (v != NEVER && self.failsafe_mode()).then_some(v)
+    }
+
+    /// A failsafe confirmation within the fence deadline, now.
+    pub fn failsafe_is_fresh(&self) -> bool {
+        self.failsafe_confirmed_ms().is_some_and(|at| {
+            self.clock.now_ms().saturating_sub(at) < self.fence_deadline_ms.load(Ordering::SeqCst)
+        })
+    }
+
+    /// Replica side of `POST /failsafe`: stay out of leader races for ttl.
+    pub fn accept_failsafe(&self, leader: &str) -> Result<(), FailsafeRefusal> {
+        if !self.failsafe_mode() {
+            return Err(FailsafeRefusal::Disabled);
+        }
+        if self.acting_primary.load(Ordering::SeqCst) {
+            return Err(FailsafeRefusal::RunningAsLeader);
+        }
+        *self
+            .failsafe_accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((leader.to_string(), self.clock.now_ms()));
+        Ok(())
+    }
+
+    /// The leader accepted through `POST /failsafe` less than ttl ago.
+    pub fn failsafe_leader(&self) -> Option<String> {
+        let accepted = self
+            .failsafe_accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let (leader, at) = accepted;
+        (self.failsafe_mode() && self.clock.now_ms().saturating_sub(at) < self.ttl_ms())
+            .then_some(leader)
     }
 
     pub fn set_dcs(&self, dcs: Arc<dyn Dcs>) {
@@ -228,10 +321,21 @@ pub fn spawn_lease_keeper(
                 continue;
             };
             let sent = shared.clock.now_ms();
-            match tokio::time::timeout(request_timeout, dcs.keep_alive(lease)).await {
+            let answer = tokio::time::timeout(request_timeout, dcs.keep_alive(lease)).await;
+            shared
+                .dcs_failing
+                .store(!matches!(answer, Ok(Ok(_))), Ordering::SeqCst);
+            match answer {
                 Ok(Ok(true)) => shared.renewed_at(sent),
                 Ok(Ok(false)) => {
-                    if shared.acting_primary.swap(false, Ordering::SeqCst) {
+                    if shared.failsafe_is_fresh() {
+                        // Every member accepted this primary moments ago and stays out
+                        // of races for ttl: re-acquire the key instead of fencing.
+                        tracing::warn!(
+                            "my etcd lease {lease:x} is gone; failsafe mode keeps the primary \
+                             while a new lease and the leader key are acquired"
+                        );
+                    } else if shared.acting_primary.swap(false, Ordering::SeqCst) {
                         error!("fencing: my etcd lease {lease:x} is gone; stopping PostgreSQL");
                         fence_postgres(&pg).await;
                     } else {
@@ -263,7 +367,7 @@ pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Rec
             {
                 continue;
             }
-            if shared.renewal_is_fresh() {
+            if shared.renewal_is_fresh() || shared.failsafe_is_fresh() {
                 continue;
             }
             let age = shared
@@ -296,6 +400,90 @@ pub fn spawn_postmaster_watch(shared: Arc<Shared>, pg: Postgres, mut stop: watch
                 shared.wake.notify_one();
             }
             was_alive = alive;
+        }
+    });
+}
+
+/// What a primary sends to every member in a failsafe round.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailsafeClaim {
+    pub name: String,
+    pub conn_url: String,
+    pub api_url: String,
+    pub slots: BTreeMap<String, u64>,
+}
+
+/// Failsafe mode, primary side: while etcd does not answer the keeper, ask
+/// every member listed in `/failsafe` to accept this node as the leader
+/// (`POST /failsafe`), every keepalive interval. A round that every member
+/// accepts is recorded with its send time; the fence timer and the engine
+/// treat it like a lease renewal.
+pub fn spawn_failsafe_rounds(
+    shared: Arc<Shared>,
+    me: String,
+    claim: FailsafeClaim,
+    request_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder()
+            .no_proxy()
+            .timeout(request_timeout)
+            .build()
+        {
+            Ok(client) => client,
+            Err(err) => {
+                error!("failsafe mode cannot build an HTTP client: {err}");
+                return;
+            }
+        };
+        loop {
+            let interval = shared.keepalive_interval();
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let engaged = shared.failsafe_mode()
+                && shared.dcs_failing.load(Ordering::SeqCst)
+                && shared.acting_primary.load(Ordering::SeqCst)
+                && shared.held_leader_key.load(Ordering::SeqCst);
+            if !engaged {
+                continue;
+            }
+            let targets: Vec<(String, String)> = shared
+                .failsafe_targets
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(name, _)| **name != me)
+                .map(|(n, u)| (n.clone(), u.clone()))
+                .collect();
+            let sent = shared.clock.now_ms();
+            let asks = targets.iter().map(|(name, url)| {
+                let base = url.trim_end_matches('/');
+                let base = base.strip_suffix("/patroni").unwrap_or(base);
+                let request = client.post(format!("{base}/failsafe")).json(&claim);
+                async move {
+                    let accepted = matches!(request.send().await, Ok(r) if r.status().is_success());
+                    (name.clone(), accepted)
+                }
+            });
+            let answers = futures::future::join_all(asks).await;
+            let refused: Vec<&str> = answers
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if refused.is_empty() {
+                shared.failsafe_confirmed_ms.store(sent, Ordering::SeqCst);
+                tracing::debug!("failsafe round accepted by {} members", answers.len());
+            } else {
+                tracing::warn!(
+                    "failsafe round not accepted by {}; the primary will be fenced when its \
+                     lease deadline passes",
+                    refused.join(", ")
+                );
+            }
         }
     });
 }

@@ -20,6 +20,7 @@ mod cycle;
 mod executor;
 mod fence;
 mod member;
+mod operator;
 mod peers;
 mod rest;
 
@@ -123,9 +124,24 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    run_with_reload(config, None, shutdown).await
+}
+
+/// Re-reads the configuration (for `POST /reload` and SIGHUP); the message
+/// of an error names the file and the key.
+pub type ReloadSource = Arc<dyn Fn() -> Result<AgentConfig, String> + Send + Sync>;
+
+/// [`run`], with a way to re-read the configuration on `POST /reload`.
+/// Returns the handle that triggers a reload (for a SIGHUP handler) through
+/// `on_start` before the loop begins.
+pub async fn run_with_reload(
+    config: AgentConfig,
+    reload: Option<ReloadSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let dcs = connect_dcs(&config).await?;
     let dynamic = config.effective_dynamic(None);
     let postgres = Postgres::new(postgres_settings(&config, &dynamic));
-    let agent = Agent::new(config, dcs, postgres);
+    let agent = Agent::new(config, dcs, postgres).with_reload_source(reload);
     agent.run(shutdown).await
 }

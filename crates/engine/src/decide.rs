@@ -20,7 +20,9 @@ use pgwarden_types::{
     PgState, Role, SyncState, SynchronousMode,
 };
 
-use crate::observation::{Action, DcsView, Decision, Memory, Observation, TaskKind};
+use crate::observation::{
+    Action, DcsView, Decision, Memory, Observation, OperatorRequest, TaskKind,
+};
 use crate::{bootstrap, fencing, follower, leader, race, recover};
 
 /// The actions and reason of one cycle before memory bookkeeping.
@@ -28,6 +30,7 @@ use crate::{bootstrap, fencing, follower, leader, race, recover};
 pub(crate) struct Outcome {
     pub actions: Vec<Action>,
     pub reason: String,
+    pub reply: Option<Result<String, String>>,
 }
 
 impl Outcome {
@@ -35,7 +38,13 @@ impl Outcome {
         Outcome {
             actions,
             reason: reason.into(),
+            reply: None,
         }
+    }
+
+    pub(crate) fn reply(mut self, reply: Result<String, String>) -> Outcome {
+        self.reply = Some(reply);
+        self
     }
 
     pub(crate) fn none(reason: impl Into<String>) -> Outcome {
@@ -314,11 +323,29 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
     }
     finish_memory(obs, &mut mem, &outcome.actions);
     mem.last_reason = reason.clone();
+    // A request the chosen branch did not answer (fencing, store unreachable,
+    // a running task) is refused with the reason of this cycle.
+    let operator_reply = match (&obs.operator_request, outcome.reply) {
+        (None, _) => None,
+        (Some(_), Some(reply)) => Some(reply),
+        (Some(OperatorRequest::Restart), None) if started_restart(&outcome.actions) => None,
+        (Some(_), None) => Some(Err(format!("not now: {reason}"))),
+    };
     Decision {
         actions: outcome.actions,
         reason,
+        operator_reply,
         memory: mem,
     }
+}
+
+fn started_restart(actions: &[Action]) -> bool {
+    actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::RestartAsPrimary | Action::RestartAsReplica { .. }
+        )
+    })
 }
 
 /// Learns from the long action that just ended.
@@ -402,6 +429,9 @@ fn decide_available(ctx: &mut Ctx<'_>) -> Outcome {
     if obs.shutdown_requested {
         return shutdown(ctx);
     }
+    if let Some(request) = &obs.operator_request {
+        return operator(ctx, request);
+    }
     let mut prefix = match &obs.local.data_dir {
         DataDirState::Empty => return bootstrap::empty_datadir(ctx),
         DataDirState::Invalid { reason } => return bootstrap::invalid_datadir(ctx, reason),
@@ -479,5 +509,63 @@ fn shutdown(ctx: &mut Ctx<'_>) -> Outcome {
             "shutting down: postgres is stopped; releasing the leader lock",
         ),
         (false, false) => Outcome::none("shutting down: postgres is stopped"),
+    }
+}
+
+/// An operator's restart or reinitialize request (the store answered, no
+/// task runs, no shutdown is under way).
+fn operator(ctx: &mut Ctx<'_>, request: &OperatorRequest) -> Outcome {
+    let me = ctx.me();
+    let local = ctx.local();
+    let running = local.postmaster_pid.is_some();
+    match request {
+        OperatorRequest::Restart => {
+            if !running {
+                return Outcome::none("restart requested but postgres is not running")
+                    .reply(Err("postgres is not running".into()));
+            }
+            match (ctx.i_am_leader(), local.in_recovery) {
+                (true, Some(false)) => Outcome::new(
+                    vec![Action::RenewLeader, Action::RestartAsPrimary],
+                    format!("restarting postgres: I am ({me}), the leader with the lock"),
+                ),
+                (false, Some(true)) => Outcome::new(
+                    vec![Action::RestartAsReplica {
+                        leader: ctx.leader().and_then(|l| ctx.upstream(l)),
+                    }],
+                    "restarting postgres as a replica",
+                ),
+                (true, _) => Outcome::none("restart requested while postgres is not a primary")
+                    .reply(Err(
+                        "postgres is not running as a primary; not restarting the leader".into(),
+                    )),
+                (false, _) => Outcome::none(
+                    "restart requested while postgres runs as a primary without the lock",
+                )
+                .reply(Err(
+                    "postgres runs as a primary without the leader lock; not restarting it".into(),
+                )),
+            }
+        }
+        OperatorRequest::Reinitialize => {
+            if ctx.i_am_leader() {
+                return Outcome::none("reinitialize refused: I am the leader")
+                    .reply(Err("I am the leader, can not reinitialize".into()));
+            }
+            if ctx.leader().is_none() {
+                return Outcome::none("reinitialize refused: the cluster has no leader")
+                    .reply(Err("Cluster has no leader, can not reinitialize".into()));
+            }
+            let mut actions = Vec::new();
+            if running {
+                actions.push(Action::Stop);
+            }
+            actions.push(Action::WipeDataDir);
+            Outcome::new(
+                actions,
+                "reinitializing: removing the data directory to clone it again",
+            )
+            .reply(Ok("reinitialize started".into()))
+        }
     }
 }

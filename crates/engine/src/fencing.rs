@@ -30,8 +30,14 @@
 //! `RenewLeader`, `AcquireLeader` or anything needing a snapshot in the same
 //! cycle. The next cycles may race again. Pause does not switch fencing off
 //! (deviation from Patroni, which keeps a paused primary running through a
-//! DCS outage). Failsafe mode is not implemented: with `failsafe_mode` on,
-//! pgwarden still demotes once the renewal is stale.
+//! DCS outage).
+//!
+//! Failsafe mode (`failsafe_mode: on`): a round in which every member listed
+//! in `/failsafe` accepted this node as the leader counts like a confirmed
+//! renewal (`Observation::failsafe_confirmed_ms`): each of those members stays
+//! out of leader races for ttl after accepting, so nobody can promote before
+//! the same fence deadline passes. Without such a round the rules above apply
+//! unchanged.
 
 use crate::decide::{standby_signal, task_name, Outcome};
 use crate::observation::{Action, DcsView, DemoteMode, Memory, Observation, TaskKind};
@@ -88,7 +94,11 @@ pub(crate) fn check(
     } else {
         ""
     };
-    let Some(sent) = obs.last_lease_renewal_sent_ms else {
+    let failsafe = obs.failsafe_confirmed_ms.filter(|confirmed| {
+        obs.last_lease_renewal_sent_ms
+            .is_none_or(|renewed| *confirmed > renewed)
+    });
+    let Some(sent) = failsafe.or(obs.last_lease_renewal_sent_ms) else {
         return demote(format!(
             "demoting self ({me}) because {dcs}this process never confirmed a lease"
         ));
@@ -118,6 +128,13 @@ pub(crate) fn check(
     let task = obs.running_task.map_or(String::new(), |kind| {
         format!("; running {}", task_name(kind))
     });
+    if failsafe.is_some() {
+        return Some(Outcome::none(format!(
+            "DCS is not accessible; failsafe mode: every member accepted me as the leader \
+             {age} ms ago, keeping the primary for another {} ms{task}",
+            deadline - age
+        )));
+    }
     Some(Outcome::none(format!(
         "DCS is not accessible; keeping the primary while my lease is valid for another {} ms{task}",
         deadline - age

@@ -72,6 +72,12 @@ fn upkeep(ctx: &Ctx<'_>) -> Vec<Action> {
     if snap.config.is_none() {
         actions.push(Action::SeedConfig);
     }
+    let failsafe = failsafe_members(ctx);
+    if snap.failsafe.as_ref().unwrap_or(&Default::default()) != &failsafe
+        && !(failsafe.is_empty() && snap.failsafe.is_none())
+    {
+        actions.push(Action::WriteFailsafe { members: failsafe });
+    }
     if snap.system_identifier().is_none() {
         if let Some(sysid) = local.system_identifier() {
             actions.push(Action::WriteInitialize {
@@ -81,6 +87,24 @@ fn upkeep(ctx: &Ctx<'_>) -> Vec<Action> {
     }
     actions
 }
+
+/// What `/failsafe` should hold: in failsafe mode every member that publishes
+/// a REST API (this leader included), otherwise nothing.
+fn failsafe_members(ctx: &Ctx<'_>) -> std::collections::BTreeMap<String, String> {
+    if !ctx.cfg.failsafe_mode {
+        return Default::default();
+    }
+    ctx.snap
+        .members
+        .iter()
+        .filter(|m| !m.data.api_url.is_empty())
+        .map(|m| (m.name.clone(), m.data.api_url.clone()))
+        .collect()
+}
+
+/// A scheduled switchover this late (the leader was down or paused at its
+/// time) is dropped rather than surprising the operator hours later.
+const STALE_SCHEDULE_MS: i64 = 60_000;
 
 /// A `failover` key addressed to this leader (patroni-compat §2.7).
 fn switchover(ctx: &Ctx<'_>) -> Option<Outcome> {
@@ -102,13 +126,27 @@ fn switchover(ctx: &Ctx<'_>) -> Option<Outcome> {
         }
     }
     if let Some(at) = &req.scheduled_at {
-        return Some(Outcome::new(
-            upkeep(ctx),
-            format!(
-                "no action: I am ({me}), the leader with the lock; the switchover scheduled at \
-                 {at} is not executed (scheduled switchovers are not supported yet)"
-            ),
-        ));
+        let Ok(when) = chrono::DateTime::parse_from_rfc3339(at) else {
+            return clear(format!(
+                "cleared the failover key: its scheduled_at ({at}) is not an ISO 8601 time"
+            ));
+        };
+        let due_in_ms = when.timestamp_millis() - ctx.obs.wall_clock_ms;
+        if due_in_ms > 0 {
+            return Some(Outcome::new(
+                upkeep(ctx),
+                format!(
+                    "no action: I am ({me}), the leader with the lock; switchover scheduled at {at}"
+                ),
+            ));
+        }
+        if -due_in_ms > STALE_SCHEDULE_MS {
+            return clear(format!(
+                "cleared the failover key: the switchover scheduled at {at} is more than \
+                 {} s overdue",
+                STALE_SCHEDULE_MS / 1000
+            ));
+        }
     }
     let reference = ctx.local().write_lsn.or(ctx.snap.status.optime.map(Lsn));
     let switchover = req.leader.is_some();

@@ -40,6 +40,6 @@ mod tests;
 
 pub use decide::decide;
 pub use observation::{
-    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
-    SyncBarrier, SyncWrite, TaskKind, TaskOutcome,
+    Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, OperatorRequest,
+    PeerReport, SyncBarrier, SyncWrite, TaskKind, TaskOutcome,
 };

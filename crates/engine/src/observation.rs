@@ -81,6 +81,28 @@ pub struct Observation {
     pub finished_task: Option<TaskOutcome>,
     /// SIGTERM received: stop PostgreSQL cleanly and hand leadership over.
     pub shutdown_requested: bool,
+    /// `failsafe_mode`, primary side: send time (monotonic ms) of the last
+    /// round in which every member listed in `/failsafe` accepted this node as
+    /// the leader (`POST /failsafe`). Each of them then stays out of leader
+    /// races for ttl, so this confirmation is as good as a lease renewal.
+    pub failsafe_confirmed_ms: Option<u64>,
+    /// `failsafe_mode`, replica side: a leader that this node accepted through
+    /// `POST /failsafe` less than ttl ago; it does not race meanwhile.
+    pub failsafe_leader: Option<String>,
+    /// An operator's request through the REST API, to be answered this cycle.
+    pub operator_request: Option<OperatorRequest>,
+    /// Wall-clock time (Unix milliseconds): only for comparing with times
+    /// operators scheduled (`scheduled_at`), never for leases or fencing.
+    pub wall_clock_ms: i64,
+}
+
+/// What an operator asked this node to do (`POST /restart`, `POST /reinitialize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorRequest {
+    /// Restart PostgreSQL in its current role.
+    Restart,
+    /// Throw the data directory away and clone it again.
+    Reinitialize,
 }
 
 /// How to stop a primary that must no longer accept writes (Patroni's demotion modes).
@@ -110,6 +132,10 @@ pub enum Action {
     RenewLeader,
     /// Delete the leader key if it still holds our name.
     ReleaseLeader,
+    /// Publish `/failsafe` (member name → api_url; empty when the mode is off).
+    WriteFailsafe {
+        members: std::collections::BTreeMap<String, String>,
+    },
     /// Write `{}` to `failover` if it is still at `mod_revision`.
     ClearFailover { mod_revision: i64 },
     /// Store our system identifier in `initialize` (adopting an existing cluster).
@@ -130,6 +156,11 @@ pub enum Action {
     Demote { mode: DemoteMode },
     /// Stop PostgreSQL (fast) without touching leadership.
     Stop,
+    /// Operator restart of a primary leader: fast stop, start as primary
+    /// (only while the lease is fresh).
+    RestartAsPrimary,
+    /// Operator restart of a replica: fast stop, start following `leader`.
+    RestartAsReplica { leader: Option<String> },
     /// pg_rewind from `source` (the server must be stopped first).
     Rewind { source: String },
     /// Remove the data directory so that the next cycles clone again.
@@ -200,6 +231,11 @@ pub struct Memory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub actions: Vec<Action>,
+    /// The immediate answer to `Observation::operator_request`: `Ok` with a
+    /// message when it was accepted and needs no further wait, `Err` with the
+    /// reason when it was refused. `None` for a restart that started (the
+    /// agent answers when the restart task ends) or when nothing was asked.
+    pub operator_reply: Option<Result<String, String>>,
     /// One sentence in Patroni's style, e.g. "no action: I am the leader with the lock".
     pub reason: String,
     pub memory: Memory,

@@ -121,6 +121,20 @@ fn healthiest(ctx: &Ctx<'_>, is_primary: bool) -> Result<(), String> {
     let local = ctx.local();
     let sync = ctx.active_sync();
     gates(ctx)?;
+    if let Some(leader) = ctx.obs.failsafe_leader.as_deref().filter(|l| *l != me) {
+        return Err(format!(
+            "failsafe mode: ({leader}) still runs as the leader and every member accepted it"
+        ));
+    }
+    if cfg.failsafe_mode {
+        if let Some(listed) = snap.failsafe.as_ref().filter(|f| !f.is_empty()) {
+            if !listed.contains_key(me) {
+                return Err(format!(
+                    "failsafe mode: I am ({me}) and not listed in /failsafe"
+                ));
+            }
+        }
+    }
     let request = snap.failover_request();
     let Some(my_wal) = local.wal_position() else {
         return Err("my WAL position is unknown".into());

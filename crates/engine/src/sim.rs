@@ -411,6 +411,10 @@ impl World {
             running_task: n.task.map(|(k, _)| k),
             finished_task: n.finished.clone(),
             shutdown_requested: false,
+            failsafe_confirmed_ms: None,
+            failsafe_leader: None,
+            operator_request: None,
+            wall_clock_ms: 0,
         }
     }
 

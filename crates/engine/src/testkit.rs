@@ -16,6 +16,8 @@ use crate::{
 };
 
 pub(crate) const NOW: u64 = 1_000_000;
+/// 2026-11-22T12:00:00Z, the wall clock of every test observation.
+pub(crate) const WALL_CLOCK_MS: i64 = 1_795_348_800_000;
 pub(crate) const SYSID: &str = "7";
 
 pub(crate) fn member(name: &str, role: Role, state: PgState, wal: Option<u64>) -> Member {
@@ -146,6 +148,10 @@ impl B {
                 running_task: None,
                 finished_task: None,
                 shutdown_requested: false,
+                failsafe_confirmed_ms: None,
+                failsafe_leader: None,
+                operator_request: None,
+                wall_clock_ms: WALL_CLOCK_MS,
             },
             mem: Memory {
                 last_cycle_ms: Some(NOW - 2000),

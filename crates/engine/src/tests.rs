@@ -847,11 +847,92 @@ fn failover_without_candidate_picks_an_eligible_member() {
 }
 
 #[test]
-fn scheduled_switchover_is_not_executed_yet() {
-    let b = switchover_to("n3").snap(|s| {
-        s.failover.as_mut().unwrap().value.scheduled_at = Some("2030-01-01T00:00:00+00:00".into())
-    });
-    expect(&b, leader_upkeep(), &["scheduled", "not supported yet"]);
+fn scheduled_switchover_waits_for_its_time_then_runs() {
+    let at = |when: &str| {
+        let when = when.to_string();
+        switchover_to("n3")
+            .snap(move |s| s.failover.as_mut().unwrap().value.scheduled_at = Some(when))
+    };
+    // The test wall clock is 2026-11-22T12:00:00Z.
+    expect(
+        &at("2026-11-22T12:00:01+00:00"),
+        leader_upkeep(),
+        &["switchover scheduled at"],
+    );
+    expect(
+        &at("2026-11-22T11:59:59Z"),
+        vec![RenewLeader, demote(DemoteMode::Graceful)],
+        &["(n3) takes over"],
+    );
+    // Too late (the leader was away at that time) or unreadable: dropped.
+    expect(&at("2026-11-22T11:58:00+00:00"), cleared(), &["overdue"]);
+    expect(&at("tomorrow"), cleared(), &["not an ISO 8601 time"]);
+}
+
+#[test]
+fn operator_restart_and_reinitialize() {
+    let ask = |b: B, r: crate::OperatorRequest| {
+        let mut b = b;
+        b.obs.operator_request = Some(r);
+        b
+    };
+    use crate::OperatorRequest::{Reinitialize, Restart};
+    // The leader restarts as primary and keeps the lock; the answer waits for the task.
+    let d = expect(
+        &ask(b().leader("n2").primary(), Restart),
+        vec![RenewLeader, RestartAsPrimary],
+        &["restarting"],
+    );
+    assert_eq!(d.operator_reply, None);
+    let d = expect(
+        &ask(
+            b().leader("n1").local(local_replica(1000, Some("n1"))),
+            Restart,
+        ),
+        vec![RestartAsReplica {
+            leader: Some("n1".into()),
+        }],
+        &["restarting postgres as a replica"],
+    );
+    assert_eq!(d.operator_reply, None);
+    let d = ask(
+        b().leader("n1")
+            .local(local_stopped(PgClusterState::ShutDownInRecovery, true)),
+        Restart,
+    )
+    .run();
+    assert_eq!(
+        d.operator_reply,
+        Some(Err("postgres is not running".into()))
+    );
+    // Reinitialize: never on the leader, never without one.
+    let d = ask(b().leader("n2").primary(), Reinitialize).run();
+    assert_eq!(
+        d.operator_reply,
+        Some(Err("I am the leader, can not reinitialize".into()))
+    );
+    assert!(d.actions.iter().all(|a| *a != WipeDataDir));
+    let d = ask(b(), Reinitialize).run();
+    assert_eq!(
+        d.operator_reply,
+        Some(Err("Cluster has no leader, can not reinitialize".into()))
+    );
+    let d = expect(
+        &ask(
+            b().leader("n1").local(local_replica(1000, Some("n1"))),
+            Reinitialize,
+        ),
+        vec![Stop, WipeDataDir],
+        &["reinitializing"],
+    );
+    assert_eq!(d.operator_reply, Some(Ok("reinitialize started".into())));
+    // A request the cycle cannot serve is refused with the reason.
+    let d = ask(b().leader("n1").task(TaskKind::Clone), Restart).run();
+    assert!(
+        matches!(d.operator_reply, Some(Err(ref m)) if m.contains("running replica creation")),
+        "{:?}",
+        d.operator_reply
+    );
 }
 
 #[test]
@@ -1366,4 +1447,84 @@ fn reset_sync_setting(value: Option<&str>) -> Action {
     Action::SetSyncStandbyNames {
         value: value.map(str::to_string),
     }
+}
+
+#[test]
+fn failsafe_confirmation_keeps_a_primary_through_a_dcs_outage() {
+    let stale = b().primary().held_lock().renewed_ago(20_000).unreachable();
+    // Without a failsafe round the stale renewal fences.
+    expect(
+        &stale,
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["20000 ms old"],
+    );
+    // Every member accepted me 500 ms ago: as good as a renewal.
+    let mut confirmed = stale.clone();
+    confirmed.obs.failsafe_confirmed_ms = Some(NOW - 500);
+    expect(&confirmed, vec![], &["failsafe mode", "500 ms ago"]);
+    // An old round does not help.
+    let mut old_round = stale;
+    old_round.obs.failsafe_confirmed_ms = Some(NOW - 9_000);
+    expect(
+        &old_round,
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["9000 ms old"],
+    );
+}
+
+#[test]
+fn failsafe_never_saves_a_primary_that_did_not_hold_the_key() {
+    let mut b = b().primary().renewed_ago(20_000).unreachable();
+    b.obs.failsafe_confirmed_ms = Some(NOW - 500);
+    expect(
+        &b,
+        vec![demote(DemoteMode::ImmediateNoLock)],
+        &["was not mine"],
+    );
+}
+
+#[test]
+fn failsafe_leader_and_listing_gate_the_race() {
+    let mut accepted = b();
+    accepted.obs.failsafe_leader = Some("n1".into());
+    expect(
+        &accepted,
+        vec![],
+        &["failsafe mode: (n1) still runs as the leader"],
+    );
+    let unlisted = b().config(json!({"failsafe_mode": true})).snap(|s| {
+        s.failsafe = Some(
+            [("n1".to_string(), "http://n1/patroni".to_string())]
+                .into_iter()
+                .collect(),
+        )
+    });
+    expect(&unlisted, vec![], &["not listed in /failsafe"]);
+}
+
+#[test]
+fn leader_publishes_failsafe_members_only_in_failsafe_mode() {
+    let with_urls = |b: crate::testkit::B| {
+        b.member_mut("n1", |m| m.data.api_url = "http://n1/patroni".into())
+            .member_mut("n2", |m| m.data.api_url = "http://n2/patroni".into())
+    };
+    let on = with_urls(b().leader("n2").primary().held_lock())
+        .config(json!({"failsafe_mode": true}))
+        .run();
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("n1".to_string(), "http://n1/patroni".to_string()),
+        ("n2".to_string(), "http://n2/patroni".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert!(
+        on.actions.contains(&WriteFailsafe { members: expected }),
+        "{:?}",
+        on.actions
+    );
+    let off = with_urls(b().leader("n2").primary().held_lock()).run();
+    assert!(!off
+        .actions
+        .iter()
+        .any(|a| matches!(a, WriteFailsafe { .. })));
 }
