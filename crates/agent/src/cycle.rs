@@ -238,7 +238,9 @@ impl Agent {
                                 // on its next cycle anyway. Our own member key never wakes us.
                                 let wake = match &key {
                                     ClusterKey::Member(name) => name != &me && !shared.is_known_member(name),
-                                    ClusterKey::Status | ClusterKey::History | ClusterKey::Other(_) => false,
+                                    // A new history line means a promotion finished: a former
+                                    // primary waiting to rejoin can decide now.
+                                    ClusterKey::Status | ClusterKey::Other(_) => false,
                                     _ => true,
                                 };
                                 if wake {

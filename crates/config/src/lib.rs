@@ -92,6 +92,8 @@ pub struct RestApiConfig {
     /// `none`, `optional` or `required` (lower case).
     pub verify_client: Option<String>,
     pub allowlist: Vec<String>,
+    /// Also admit the hosts of the members' REST APIs (from the store).
+    pub allowlist_include_members: bool,
 }
 
 /// HTTP basic authentication for the REST API's write endpoints.

@@ -85,7 +85,7 @@ const RESTAPI: &[Field] = &[
     v("allowlist"),
     unimpl("keyfile_password"),
     unimpl("ciphers"),
-    unimpl("allowlist_include_members"),
+    v("allowlist_include_members"),
     unimpl("http_extra_headers"),
     unimpl("https_extra_headers"),
     unimpl("request_queue_size"),

@@ -316,6 +316,7 @@ fn restapi(ctx: &mut Ctx<'_>) -> RestApiConfig {
         cafile: None,
         verify_client: None,
         allowlist: Vec::new(),
+        allowlist_include_members: false,
     };
     ctx.section("restapi");
     let listen = ctx
@@ -408,6 +409,9 @@ fn restapi(ctx: &mut Ctx<'_>) -> RestApiConfig {
         out.verify_client = Some(lower);
     }
     out.allowlist = ctx.strings("restapi.allowlist").unwrap_or_default();
+    out.allowlist_include_members = ctx
+        .boolean("restapi.allowlist_include_members")
+        .unwrap_or(false);
     out
 }
 

@@ -404,6 +404,15 @@ fn finish_memory(obs: &Observation, mem: &mut Memory, actions: &[Action]) {
         mem.was_primary = false;
         mem.rewind_failed = false;
     }
+    if actions.contains(&Action::Demote {
+        mode: crate::DemoteMode::Graceful,
+    }) {
+        mem.switchover_demoted_ms = Some(obs.now_ms);
+    } else if let DcsView::Available(snap) = &obs.dcs {
+        if snap.leader.is_some() {
+            mem.switchover_demoted_ms = None;
+        }
+    }
     if actions.contains(&Action::StartPrimary) {
         if mem.primary_start_began_ms.is_none() {
             mem.primary_start_began_ms = Some(obs.now_ms);

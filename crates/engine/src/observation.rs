@@ -225,6 +225,9 @@ pub struct Memory {
     pub last_reason: String,
     /// Synchronous replication: the barrier of the current setting.
     pub sync_barrier: Option<SyncBarrier>,
+    /// When this node stopped its primary for a switchover; until a new
+    /// leader shows up (at most ttl) it waits instead of starting read-only.
+    pub switchover_demoted_ms: Option<u64>,
 }
 
 /// The engine's answer for one cycle.

@@ -8,7 +8,7 @@
 //! configured; `primary_start_timeout` bounds how long the key holder may
 //! keep the cluster without a running primary.
 
-use pgwarden_types::PgState;
+use pgwarden_types::{DataDirState, Lsn, PgClusterState, PgState};
 
 use crate::decide::{Ctx, Outcome};
 use crate::observation::{Action, DemoteMode};
@@ -69,6 +69,14 @@ pub(crate) fn not_running(ctx: &mut Ctx<'_>) -> Outcome {
             if paused {
                 return Outcome::none("postgres is not running");
             }
+            let ttl_ms = ctx.cfg.ttl.saturating_mul(1000);
+            if let Some(since) = ctx.mem.switchover_demoted_ms {
+                if ctx.now().saturating_sub(since) < ttl_ms {
+                    return Outcome::none(
+                        "stopped for a switchover; waiting for the new leader to take the key",
+                    );
+                }
+            }
             Outcome::new(
                 vec![Action::StartReplica { leader: None }],
                 "starting as a secondary; there is no leader yet",
@@ -94,8 +102,52 @@ fn rejoin_former_primary(ctx: &Ctx<'_>, leader: &str) -> Option<Outcome> {
              is not allowed; reinitialize this member"
         )));
     }
+    let promoted = ctx
+        .snap
+        .member(leader)
+        .is_some_and(|m| m.data.role == pgwarden_types::Role::Primary);
+    if !promoted {
+        return Some(Outcome::none(format!(
+            "waiting for leader ({leader}) to finish its promotion"
+        )));
+    }
+    let fork = timeline_fork(ctx);
+    if let Fork::After { checkpoint, switch } = fork {
+        return Some(Outcome::new(
+            vec![Action::StartReplica {
+                leader: ctx.upstream(leader),
+            }],
+            format!(
+                "starting as a secondary following leader ({leader}) without pg_rewind: my \
+                 shutdown checkpoint {checkpoint} precedes the timeline switch at {switch}"
+            ),
+        ));
+    }
     if !cfg.use_pg_rewind {
-        return None;
+        return match fork {
+            Fork::After { .. } | Fork::SameTimeline => None,
+            Fork::Unknown if leader_history_pending(ctx) => Some(Outcome::none(format!(
+                "waiting for leader ({leader}) to publish its timeline history"
+            ))),
+            Fork::Diverged { .. } | Fork::Unknown
+                if cfg.remove_data_directory_on_diverged_timelines =>
+            {
+                Some(Outcome::new(
+                    vec![Action::WipeDataDir],
+                    format!(
+                        "removing the data directory: it may have diverged from leader ({leader}) \
+                         ({}) and use_pg_rewind is off",
+                        fork.describe()
+                    ),
+                ))
+            }
+            Fork::Diverged { .. } | Fork::Unknown => Some(Outcome::none(format!(
+                "not starting: this former primary may have diverged from leader ({leader}) ({}), \
+                 use_pg_rewind is off and remove_data_directory_on_diverged_timelines is off; \
+                 reinitialize this member",
+                fork.describe()
+            ))),
+        };
     }
     let ready = ctx.snap.member(leader).is_some_and(|m| {
         m.data.state == PgState::Running && m.data.checkpoint_after_promote != Some(false)
@@ -111,6 +163,79 @@ fn rejoin_former_primary(ctx: &Ctx<'_>, leader: &str) -> Option<Outcome> {
         }],
         format!("running pg_rewind from ({leader})"),
     ))
+}
+
+/// Where this former primary's WAL stands against the leader's timeline history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fork {
+    /// Shut down cleanly, and the leader's timeline forked after the shutdown
+    /// checkpoint: the leader has every record this node wrote.
+    After { checkpoint: Lsn, switch: Lsn },
+    /// The leader's history does not leave this node's timeline (it writes on it).
+    SameTimeline,
+    /// This node wrote past the point where the leader's timeline forked.
+    Diverged { checkpoint: Lsn, switch: Lsn },
+    /// Cannot tell (crashed, so the end of WAL is unknown, or no history yet).
+    Unknown,
+}
+
+impl Fork {
+    fn describe(self) -> String {
+        match self {
+            Fork::Diverged { checkpoint, switch } => {
+                format!("my checkpoint {checkpoint} is past the timeline switch at {switch}")
+            }
+            Fork::Unknown => "its end of WAL cannot be compared with the timeline switch".into(),
+            Fork::After { .. } | Fork::SameTimeline => "it has not diverged".into(),
+        }
+    }
+}
+
+fn timeline_fork(ctx: &Ctx<'_>) -> Fork {
+    let local = ctx.local();
+    let DataDirState::Initialized {
+        cluster_state,
+        checkpoint_timeline,
+        ..
+    } = &local.data_dir
+    else {
+        return Fork::Unknown;
+    };
+    let Some(line) = ctx
+        .snap
+        .history
+        .iter()
+        .find(|h| h.timeline == *checkpoint_timeline)
+    else {
+        return if ctx.snap.timeline() == *checkpoint_timeline && !leader_history_pending(ctx) {
+            Fork::SameTimeline
+        } else {
+            Fork::Unknown
+        };
+    };
+    let Some(checkpoint) = local.checkpoint_lsn else {
+        return Fork::Unknown;
+    };
+    let switch = Lsn(line.switch_lsn);
+    if checkpoint >= switch {
+        return Fork::Diverged { checkpoint, switch };
+    }
+    if *cluster_state == PgClusterState::ShutDown {
+        Fork::After { checkpoint, switch }
+    } else {
+        Fork::Unknown
+    }
+}
+
+/// The leader promoted onto a newer timeline than the history key shows yet.
+fn leader_history_pending(ctx: &Ctx<'_>) -> bool {
+    let Some(leader) = ctx.leader().and_then(|l| ctx.snap.member(l)) else {
+        return false;
+    };
+    leader
+        .data
+        .timeline
+        .is_some_and(|t| t > ctx.snap.timeline())
 }
 
 /// The key holder's primary did not come up within `primary_start_timeout`:

@@ -567,8 +567,80 @@ fn former_primary_rewinds_before_following() {
         }],
         &["pg_rewind from (n1)"],
     );
+}
+
+/// The leader's history: timeline 1 ended at `switch` (it promoted onto 2).
+fn forked_at(b: B, switch: u64, checkpoint: u64) -> B {
+    b.snap(|s| {
+        s.history = vec![pgwarden_types::HistoryLine {
+            timeline: 1,
+            switch_lsn: switch,
+            reason: "no recovery target specified".into(),
+            timestamp: None,
+            new_leader: Some("n1".into()),
+        }]
+    })
+    .member_mut("n1", |m| m.data.timeline = Some(2))
+    .local_mut(|l| l.checkpoint_lsn = Some(Lsn(checkpoint)))
+}
+
+#[test]
+fn clean_switchover_follows_without_rewind() {
+    // Shut down cleanly before the fork: the leader has all my WAL.
+    for rewind in [true, false] {
+        let b = forked_at(former_primary(), 2000, 1500)
+            .config(json!({"postgresql": {"use_pg_rewind": rewind}}));
+        expect(
+            &b,
+            vec![StartReplica {
+                leader: Some("n1".into()),
+            }],
+            &["without pg_rewind", "precedes the timeline switch"],
+        );
+    }
+    // A crashed primary cannot prove where its WAL ends: rewind.
+    let crashed = forked_at(former_primary(), 2000, 1500)
+        .local_mut(|l| {
+            l.data_dir = crate::testkit::initialized(PgClusterState::InProduction, false)
+        })
+        .config(json!({"postgresql": {"use_pg_rewind": true}}));
     expect(
-        &former_primary(),
+        &crashed,
+        vec![Rewind {
+            source: "n1".into(),
+        }],
+        &["pg_rewind from (n1)"],
+    );
+}
+
+#[test]
+fn without_rewind_a_possibly_diverged_primary_stays_down_or_reclones() {
+    // Past the fork: diverged.
+    let diverged = forked_at(former_primary(), 2000, 2500);
+    expect(
+        &diverged,
+        vec![],
+        &[
+            "may have diverged",
+            "past the timeline switch",
+            "reinitialize",
+        ],
+    );
+    let wipe = forked_at(former_primary(), 2000, 2500).config(json!({
+        "postgresql": {"remove_data_directory_on_diverged_timelines": true}
+    }));
+    expect(&wipe, vec![WipeDataDir], &["removing the data directory"]);
+    // Nothing to compare with yet: the leader's history is still to come.
+    let pending = former_primary().member_mut("n1", |m| m.data.timeline = Some(2));
+    expect(
+        &pending,
+        vec![],
+        &["waiting for leader (n1) to publish its timeline history"],
+    );
+    // The leader never left my timeline: following is safe.
+    let same = former_primary().member_mut("n1", |m| m.data.timeline = Some(1));
+    expect(
+        &same,
         vec![StartReplica {
             leader: Some("n1".into()),
         }],
@@ -1527,4 +1599,34 @@ fn leader_publishes_failsafe_members_only_in_failsafe_mode() {
         .actions
         .iter()
         .any(|a| matches!(a, WriteFailsafe { .. })));
+}
+
+#[test]
+fn a_switched_over_primary_waits_for_the_new_leader() {
+    // The switchover demotion is remembered...
+    let d = switchover_to("n3").run();
+    assert_eq!(d.memory.switchover_demoted_ms, Some(NOW));
+    // ...so with no leader key yet the stopped old primary does not start read-only.
+    let waiting = b()
+        .local(local_stopped(PgClusterState::ShutDown, false))
+        .was_primary()
+        .memory(|m| m.switchover_demoted_ms = Some(NOW - 500));
+    expect(&waiting, vec![], &["waiting for the new leader"]);
+    // After ttl it starts read-only as usual (the candidate never came).
+    let late = b()
+        .local(local_stopped(PgClusterState::ShutDown, false))
+        .was_primary()
+        .memory(|m| m.switchover_demoted_ms = Some(NOW - 20_000));
+    expect(
+        &late,
+        vec![StartReplica { leader: None }],
+        &["no leader yet"],
+    );
+    // The candidate holds the key but has not promoted yet: wait for it.
+    let promoting = former_primary().member_mut("n1", |m| m.data.role = Role::Replica);
+    expect(
+        &promoting,
+        vec![],
+        &["waiting for leader (n1) to finish its promotion"],
+    );
 }

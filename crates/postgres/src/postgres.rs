@@ -169,35 +169,55 @@ impl Postgres {
 
     /// What the data directory holds.
     pub async fn data_dir_state(&self) -> DataDirState {
+        self.data_dir_and_checkpoint().await.0
+    }
+
+    /// [`Self::data_dir_state`] and the latest checkpoint's location.
+    async fn data_dir_and_checkpoint(&self) -> (DataDirState, Option<Lsn>) {
         let s = self.settings();
         match files::dir_is_empty(&s.data_dir) {
-            Ok(true) => return DataDirState::Empty,
+            Ok(true) => return (DataDirState::Empty, None),
             Ok(false) => {}
             Err(e) => {
-                return DataDirState::Invalid {
-                    reason: e.to_string(),
-                }
+                return (
+                    DataDirState::Invalid {
+                        reason: e.to_string(),
+                    },
+                    None,
+                );
             }
         }
         if !s.data_dir.join("PG_VERSION").exists() {
-            return DataDirState::Invalid {
-                reason: format!("{} has files but no PG_VERSION", s.data_dir.display()),
-            };
+            return (
+                DataDirState::Invalid {
+                    reason: format!("{} has files but no PG_VERSION", s.data_dir.display()),
+                },
+                None,
+            );
         }
         let map = match self.controldata().await {
             Ok(map) => map,
             Err(e) => {
-                return DataDirState::Invalid {
-                    reason: e.to_string(),
-                }
+                return (
+                    DataDirState::Invalid {
+                        reason: e.to_string(),
+                    },
+                    None,
+                );
             }
         };
         let Some(system_identifier) = map.get("Database system identifier").cloned() else {
-            return DataDirState::Invalid {
-                reason: "pg_controldata printed no system identifier".into(),
-            };
+            return (
+                DataDirState::Invalid {
+                    reason: "pg_controldata printed no system identifier".into(),
+                },
+                None,
+            );
         };
-        DataDirState::Initialized {
+        let checkpoint = map
+            .get("Latest checkpoint location")
+            .and_then(|v| Lsn::from_str(v).ok());
+        let state = DataDirState::Initialized {
             system_identifier,
             cluster_state: PgClusterState::from_controldata(
                 map.get("Database cluster state").map_or("", String::as_str),
@@ -207,7 +227,8 @@ impl Postgres {
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0),
             standby_signal: s.data_dir.join("standby.signal").exists(),
-        }
+        };
+        (state, checkpoint)
     }
 
     /// One observation of the local PostgreSQL. Never fails; bounded by the
@@ -215,7 +236,7 @@ impl Postgres {
     pub async fn observe(&self) -> LocalPgState {
         let s = self.settings();
         let mut state = LocalPgState::empty();
-        state.data_dir = self.data_dir_state().await;
+        (state.data_dir, state.checkpoint_lsn) = self.data_dir_and_checkpoint().await;
         state.managed_sync_standby_names =
             std::fs::read_to_string(s.data_dir.join(render::SYNC_CONF))
                 .ok()

@@ -106,6 +106,9 @@ pub struct LocalPgState {
     pub postmaster_start_time: Option<String>,
     /// Some parameter needs a restart to take effect.
     pub pending_restart: bool,
+    /// `Latest checkpoint location` of pg_controldata (after a clean shutdown:
+    /// the shutdown checkpoint, the last record this server wrote).
+    pub checkpoint_lsn: Option<Lsn>,
     /// `synchronous_standby_names` in effect (`SHOW`), when the server answered.
     pub sync_standby_names: Option<String>,
     /// The value pgwarden wrote into its own synchronous-replication include
@@ -131,6 +134,7 @@ impl LocalPgState {
             server_version: None,
             postmaster_start_time: None,
             pending_restart: false,
+            checkpoint_lsn: None,
             sync_standby_names: None,
             managed_sync_standby_names: None,
         }
