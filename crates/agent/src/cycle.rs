@@ -378,7 +378,15 @@ impl Agent {
             }
         }
 
-        let local = self.pg.observe().await;
+        // Publish what PostgreSQL looks like now; when the cycle only kept
+        // things up (renewal, status, slots) the observation from the start
+        // of the cycle is still true, and probing again would double the
+        // agent's idle cost.
+        let local = if decision.actions.iter().all(leaves_postgres_alone) && self.task.is_none() {
+            local
+        } else {
+            self.pg.observe().await
+        };
         if matches!(view, DcsView::Available(_)) {
             self.publish_member(&local).await;
         }
@@ -518,4 +526,23 @@ impl Agent {
 /// Peers are polled only when an election may happen: no leader, or a failover request.
 fn needs_peer_reports(snapshot: &ClusterSnapshot) -> bool {
     snapshot.leader.is_none() || snapshot.failover_request().is_some()
+}
+
+/// Actions after which PostgreSQL's role, state and WAL position are what the
+/// cycle observed before acting.
+fn leaves_postgres_alone(action: &pgwarden_engine::Action) -> bool {
+    use pgwarden_engine::Action;
+    matches!(
+        action,
+        Action::RenewLeader
+            | Action::WriteStatus
+            | Action::SyncSlots { .. }
+            | Action::UpdateHistory
+            | Action::WriteFailsafe { .. }
+            | Action::WriteSync(_)
+            | Action::DeleteSync { .. }
+            | Action::SeedConfig
+            | Action::WriteInitialize { .. }
+            | Action::ClearFailover { .. }
+    )
 }

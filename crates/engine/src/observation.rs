@@ -195,7 +195,12 @@ pub struct SyncWrite {
 pub struct SyncBarrier {
     /// The setting this barrier belongs to.
     pub value: String,
-    /// `None` until PostgreSQL reports the setting in effect.
+    /// A previous cycle already saw PostgreSQL report the setting. The
+    /// barrier is read one cycle later: the probe's own backend applies a
+    /// reload at once, the WAL senders and the checkpointer (which decide
+    /// whom commits wait for) a moment later.
+    pub seen_in_effect: bool,
+    /// `None` until the setting has been in effect for a whole cycle.
     pub lsn: Option<Lsn>,
 }
 

@@ -215,9 +215,11 @@ pub(crate) fn maintain(ctx: &mut Ctx<'_>) -> Vec<Action> {
 
     let setting = wanted_setting(ctx, &wanted);
     if local.managed_sync_standby_names != setting {
-        ctx.mem.sync_barrier = setting
-            .clone()
-            .map(|value| SyncBarrier { value, lsn: None });
+        ctx.mem.sync_barrier = setting.clone().map(|value| SyncBarrier {
+            value,
+            seen_in_effect: false,
+            lsn: None,
+        });
         return vec![Action::SetSyncStandbyNames { value: setting }];
     }
     let Some(setting) = setting else {
@@ -227,17 +229,24 @@ pub(crate) fn maintain(ctx: &mut Ctx<'_>) -> Vec<Action> {
         Some(b) if b.value == setting => b,
         _ => SyncBarrier {
             value: setting.clone(),
+            seen_in_effect: false,
             lsn: None,
         },
     };
-    // The barrier is read only once PostgreSQL reports the new setting: every
-    // commit acknowledged before that lies below the flush position read now.
+    // The barrier is read only once the new setting has been in effect for a
+    // whole cycle: every commit acknowledged before lies below the flush
+    // position read now.
+    let in_effect = local.sync_standby_names.as_deref() == Some(setting.as_str());
     let barrier = match barrier.lsn {
-        None if local.sync_standby_names.as_deref() == Some(setting.as_str()) => SyncBarrier {
+        None if in_effect && barrier.seen_in_effect => SyncBarrier {
             lsn: local.write_lsn,
             ..barrier
         },
-        _ => barrier,
+        None => SyncBarrier {
+            seen_in_effect: in_effect,
+            ..barrier
+        },
+        Some(_) => barrier,
     };
     let reached = barrier.lsn;
     ctx.mem.sync_barrier = Some(barrier);
@@ -356,19 +365,35 @@ mod tests {
             d.memory.sync_barrier,
             Some(SyncBarrier {
                 value: "n1".into(),
+                seen_in_effect: false,
                 lsn: None
             })
         );
-        // Step 2: the setting is in effect; the barrier is the flush position
-        // read now (1000); n1 has not flushed that far yet.
+        // Step 2: the setting is in effect; one more cycle for every process
+        // of PostgreSQL to apply it.
+        let seen = observed(leader(""), Some("n1"), vec![streaming("n1", 900)])
+            .memory(|m| m.sync_barrier = d.memory.sync_barrier.clone())
+            .run();
+        assert_eq!(sync_actions(&seen), vec![]);
+        assert_eq!(
+            seen.memory.sync_barrier,
+            Some(SyncBarrier {
+                value: "n1".into(),
+                seen_in_effect: true,
+                lsn: None
+            })
+        );
+        // Step 3: the barrier is the flush position read now (1000); n1 has
+        // not flushed that far yet.
         let step2 = observed(leader(""), Some("n1"), vec![streaming("n1", 900)])
-            .memory(|m| m.sync_barrier = d.memory.sync_barrier.clone());
+            .memory(|m| m.sync_barrier = seen.memory.sync_barrier.clone());
         let d2 = step2.run();
         assert_eq!(sync_actions(&d2), vec![]);
         assert_eq!(
             d2.memory.sync_barrier,
             Some(SyncBarrier {
                 value: "n1".into(),
+                seen_in_effect: true,
                 lsn: Some(Lsn(1000))
             })
         );
@@ -478,6 +503,7 @@ mod tests {
             .memory(|m| {
                 m.sync_barrier = Some(SyncBarrier {
                     value: "n1".into(),
+                    seen_in_effect: true,
                     lsn: Some(Lsn(900)),
                 })
             })

@@ -49,6 +49,8 @@ pub struct Postgres {
 struct Inner {
     settings: RwLock<Arc<PgSettings>>,
     timeouts: Timeouts,
+    /// The probe connection and the postmaster it belongs to.
+    probe_conn: tokio::sync::Mutex<Option<(u32, sql::Conn)>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -69,6 +71,7 @@ impl Postgres {
             inner: Arc::new(Inner {
                 settings: RwLock::new(Arc::new(settings)),
                 timeouts,
+                probe_conn: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -89,6 +92,10 @@ impl Postgres {
             .settings
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        // Credentials or addresses may have changed: connect afresh.
+        if let Ok(mut conn) = self.inner.probe_conn.try_lock() {
+            *conn = None;
+        }
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -246,16 +253,30 @@ impl Postgres {
             return state;
         }
         let timeout = self.inner.timeouts.probe;
-        match bounded(
-            "probe the local PostgreSQL",
-            timeout,
-            probe(&s, timeout, &mut state),
-        )
-        .await
+        let postmaster = state.postmaster_pid.unwrap_or(0);
+        let mut cached = self.inner.probe_conn.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|(pid, conn)| *pid != postmaster || conn.client.is_closed())
         {
-            Ok(()) => state.accepting_connections = true,
-            Err(e) => debug!("SQL probe failed: {e}"),
+            *cached = None;
         }
+        let outcome = bounded("probe the local PostgreSQL", timeout, async {
+            if cached.is_none() {
+                *cached = Some((postmaster, sql::connect(&s, timeout).await?));
+            }
+            let (_, conn) = cached.as_ref().expect("connected just above");
+            probe(&conn.client, &mut state).await
+        })
+        .await;
+        match outcome {
+            Ok(()) => state.accepting_connections = true,
+            Err(e) => {
+                debug!("SQL probe failed: {e}");
+                *cached = None;
+            }
+        }
+        drop(cached);
         if state.in_recovery != Some(false) {
             state.following = std::fs::read_to_string(s.data_dir.join("postgresql.conf"))
                 .ok()
@@ -969,9 +990,7 @@ const REPLICATION_SQL: &str =
      FROM pg_catalog.pg_stat_replication ORDER BY application_name, pid";
 
 /// The SQL part of `observe`; fills `state` as it learns.
-async fn probe(s: &PgSettings, timeout: Duration, state: &mut LocalPgState) -> Result<(), PgError> {
-    let conn = sql::connect(s, timeout).await?;
-    let client = &conn.client;
+async fn probe(client: &tokio_postgres::Client, state: &mut LocalPgState) -> Result<(), PgError> {
     let rows = simple_rows(client, PROBE_SQL, "probe the server state").await?;
     let row = rows.into_iter().next().ok_or(PgError::Parse {
         what: "probe",
