@@ -492,6 +492,8 @@ impl Postgres {
             return Ok(());
         };
         info!("stopping PostgreSQL (pid {pid}, mode {})", mode.as_str());
+        // Our own probe session must not hold up a smart shutdown.
+        *self.inner.probe_conn.lock().await = None;
         let secs = timeout.as_secs().max(1);
         let result = self
             .tool(&s, "pg_ctl")
