@@ -31,11 +31,18 @@
 //! than `maximum_lag_on_failover` behind the optime it saw (unless a failover
 //! request named it), in sync mode an unlisted node never holds the key, and
 //! the engine never starts a long action while one runs.
+//!
+//! Synchronous mode is modelled too: the engine's `sync` key writes are
+//! compare-and-swap on the key's revision, its `synchronous_standby_names`
+//! takes effect at once, and a primary's commit is acknowledged only once
+//! every standby the setting names (any one for `*`) has flushed it. Checked
+//! at every promotion in synchronous mode: the promoted node holds every
+//! commit acknowledged on its timeline.
 
 use pgwarden_types::{
     ClusterSnapshot, ClusterStatus, DataDirState, DynamicConfig, FailoverRequest, HistoryLine,
-    LeaderKey, LocalPgState, Lsn, Member, MemberData, PgClusterState, PgState, Role, SyncState,
-    Tags, Versioned,
+    LeaderKey, LocalPgState, Lsn, Member, MemberData, PgClusterState, PgState, ReplicationRow,
+    Role, SyncState, Tags, Versioned,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -72,6 +79,8 @@ struct Node {
     finished: Option<TaskOutcome>,
     /// Decided but not yet executed (frozen between decide and act).
     pending: Option<(Decision, Observation)>,
+    /// pgwarden's `synchronous_standby_names` on this node (in effect at once).
+    sync_setting: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +114,10 @@ struct World {
     nodes: Vec<Node>,
     store: Store,
     promotions: usize,
+    /// Highest acknowledged commit position per timeline: a commit on a
+    /// primary is acknowledged once the standbys its synchronous setting
+    /// names have flushed it (at once when the setting is empty).
+    acked: std::collections::BTreeMap<u32, u64>,
 }
 
 fn idx(name: &str) -> usize {
@@ -136,15 +149,8 @@ impl World {
             task: None,
             finished: None,
             pending: None,
+            sync_setting: None,
         };
-        let sync_key = sync.then(|| Versioned {
-            value: SyncState {
-                leader: Some("n1".into()),
-                quorum: 0,
-                sync_standby: Some("n2".into()),
-            },
-            mod_revision: 1,
-        });
         World {
             now: 1_000_000,
             cfg,
@@ -157,9 +163,10 @@ impl World {
                 history: Vec::new(),
                 optime: None,
                 failover: None,
-                sync: sync_key,
+                sync: None,
             },
             promotions: 0,
+            acked: std::collections::BTreeMap::new(),
         }
     }
 
@@ -211,7 +218,31 @@ impl World {
             }
         };
         let running = n.pg != Pg::Stopped;
+        let replication = if n.pg == Pg::Primary {
+            (0..3)
+                .filter(|&j| {
+                    self.nodes[j].pg == Pg::Replica
+                        && self.nodes[j].following.as_deref() == Some(NAMES[i])
+                })
+                .map(|j| ReplicationRow {
+                    usename: "replicator".into(),
+                    application_name: NAMES[j].into(),
+                    client_addr: None,
+                    state: "streaming".into(),
+                    sync_state: "async".into(),
+                    sync_priority: 0,
+                    write_lsn: Some(Lsn(self.nodes[j].lsn)),
+                    flush_lsn: Some(Lsn(self.nodes[j].lsn)),
+                    replay_lsn: Some(Lsn(self.nodes[j].lsn)),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         LocalPgState {
+            replication,
+            managed_sync_standby_names: n.sync_setting.clone(),
+            sync_standby_names: running.then(|| n.sync_setting.clone().unwrap_or_default()),
             data_dir,
             postmaster_pid: running.then_some(100 + i as u32),
             accepting_connections: running,
@@ -501,6 +532,17 @@ impl World {
                     if raced {
                         self.check_lag(i, obs)?;
                     }
+                    if self.cfg.synchronous_mode != pgwarden_types::SynchronousMode::Off {
+                        let n = &self.nodes[i];
+                        let acked = self.acked.get(&n.timeline).copied().unwrap_or(0);
+                        if n.lsn < acked {
+                            return Err(format!(
+                                "{} promoted at {} on timeline {} but commits up to {acked} were \
+                                 acknowledged there",
+                                NAMES[i], n.lsn, n.timeline
+                            ));
+                        }
+                    }
                     let n = &mut self.nodes[i];
                     n.pg = Pg::Primary;
                     n.timeline += 1;
@@ -569,6 +611,32 @@ impl World {
                     n.cluster_state = PgClusterState::InArchiveRecovery;
                     n.task = Some((TaskKind::Clone, s.task_len));
                 }
+                Action::WriteSync(write) if reachable => {
+                    let current = self.store.sync.as_ref().map(|k| k.mod_revision);
+                    if current != write.mod_revision {
+                        // CAS failed: the rest of the cycle is skipped, as in the agent.
+                        return Ok(());
+                    }
+                    self.store.revision += 1;
+                    self.store.sync = Some(Versioned {
+                        value: write.state.clone(),
+                        mod_revision: self.store.revision,
+                    });
+                }
+                Action::WriteSync(_) => return Ok(()),
+                Action::DeleteSync { mod_revision }
+                    if reachable
+                        && self
+                            .store
+                            .sync
+                            .as_ref()
+                            .is_some_and(|k| k.mod_revision == *mod_revision) =>
+                {
+                    self.store.sync = None;
+                }
+                Action::SetSyncStandbyNames { value } => {
+                    self.nodes[i].sync_setting = value.clone();
+                }
                 Action::RaceInitialize | Action::Bootstrap => {
                     return Err("bootstrap attempted in an initialized cluster".into())
                 }
@@ -615,6 +683,46 @@ impl World {
                 let tl = src.timeline;
                 self.nodes[j].lsn = target;
                 self.nodes[j].timeline = tl;
+            }
+        }
+        for (p, primary_name) in NAMES.iter().enumerate() {
+            if self.nodes[p].pg != Pg::Primary {
+                continue;
+            }
+            let streams_here = |j: usize| {
+                self.nodes[j].pg == Pg::Replica
+                    && self.nodes[j].following.as_deref() == Some(*primary_name)
+                    && self.nodes[j].timeline == self.nodes[p].timeline
+            };
+            let standbys: Vec<u64> = (0..3)
+                .filter(|&j| streams_here(j))
+                .map(|j| self.nodes[j].lsn)
+                .collect();
+            let flushed_by = |name: &str| {
+                let j = idx(name);
+                if streams_here(j) {
+                    self.nodes[j].lsn
+                } else {
+                    0
+                }
+            };
+            let acked = match self.nodes[p].sync_setting.as_deref() {
+                None | Some("") => Some(self.nodes[p].lsn),
+                Some("*") => standbys.iter().max().copied(),
+                Some(list) => {
+                    let names: Vec<&str> = list
+                        .split_once('(')
+                        .map_or(list, |(_, rest)| rest.trim_end_matches(')'))
+                        .split(',')
+                        .map(str::trim)
+                        .collect();
+                    names.iter().map(|n| flushed_by(n)).min()
+                }
+            };
+            if let Some(acked) = acked {
+                let acked = acked.min(self.nodes[p].lsn);
+                let entry = self.acked.entry(self.nodes[p].timeline).or_insert(0);
+                *entry = (*entry).max(acked);
             }
         }
     }
@@ -852,4 +960,46 @@ fn store_outage_fences_the_primary() {
     // Stopped before its key could expire.
     assert!(world.now < renewed + world.cfg.ttl * 1000);
     assert_eq!(world.promotions, promotions);
+}
+
+/// Non-vacuity of the synchronous-mode check: over many schedules the
+/// leader lists synchronous standbys, commits are acknowledged through them,
+/// and failovers happen while it does.
+#[test]
+fn sync_schedules_list_standbys_and_fail_over() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
+    let strategy = prop::collection::vec(arb_step(), 200..250);
+    let (mut listed_steps, mut failovers_with_listing) = (0, 0);
+    for _ in 0..40 {
+        let steps = strategy.new_tree(&mut runner).expect("schedule").current();
+        let mut world = World::new(true);
+        for (k, s) in steps.iter().enumerate() {
+            let listed_before = world
+                .store
+                .sync
+                .as_ref()
+                .is_some_and(|k| k.value.sync_standby.is_some());
+            let promotions = world.promotions;
+            world.step(s).unwrap_or_else(|e| panic!("step {k}: {e}"));
+            listed_steps += usize::from(listed_before);
+            if listed_before && world.promotions > promotions {
+                failovers_with_listing += 1;
+            }
+        }
+    }
+    assert!(
+        listed_steps >= 500,
+        "only {listed_steps} steps had a synchronous standby"
+    );
+    assert!(
+        failovers_with_listing >= 5,
+        "only {failovers_with_listing} promotions happened with a synchronous standby listed"
+    );
 }
