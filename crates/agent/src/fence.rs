@@ -25,6 +25,7 @@ use tracing::error;
 use crate::clock::Monotonic;
 
 const NEVER: u64 = u64::MAX;
+const RETRY_AFTER_FAILED_KEEPALIVE: Duration = Duration::from_millis(200);
 
 pub struct Shared {
     clock: Monotonic,
@@ -34,7 +35,6 @@ pub struct Shared {
     /// The lease the keeper renews (0: none; the loop grants one).
     lease: AtomicI64,
     fence_deadline_ms: AtomicU64,
-    paused: AtomicBool,
     /// This node runs a primary that only its lease entitles it to.
     acting_primary: AtomicBool,
     dcs_last_seen: AtomicI64,
@@ -74,7 +74,6 @@ impl Shared {
             last_renewal_ms: AtomicU64::new(NEVER),
             lease: AtomicI64::new(0),
             fence_deadline_ms: AtomicU64::new(dynamic.fence_deadline_ms()),
-            paused: AtomicBool::new(false),
             acting_primary: AtomicBool::new(false),
             dcs_last_seen: AtomicI64::new(0),
             dynamic: RwLock::new(dynamic),
@@ -226,7 +225,6 @@ impl Shared {
     pub fn set_dynamic(&self, dynamic: DynamicConfig) {
         self.fence_deadline_ms
             .store(dynamic.fence_deadline_ms(), Ordering::SeqCst);
-        self.paused.store(dynamic.pause, Ordering::SeqCst);
         *self.dynamic.write().unwrap_or_else(|p| p.into_inner()) = dynamic;
     }
 
@@ -311,8 +309,16 @@ pub fn spawn_lease_keeper(
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
+        let mut failed = false;
         loop {
-            let interval = shared.keepalive_interval();
+            // After a failed keepalive try again soon (the client moves to the
+            // next etcd endpoint): an etcd leader change must not eat a
+            // whole interval of the fence deadline.
+            let interval = if failed {
+                RETRY_AFTER_FAILED_KEEPALIVE.min(shared.keepalive_interval())
+            } else {
+                shared.keepalive_interval()
+            };
             tokio::select! {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(interval) => {}
@@ -322,9 +328,8 @@ pub fn spawn_lease_keeper(
             };
             let sent = shared.clock.now_ms();
             let answer = tokio::time::timeout(request_timeout, dcs.keep_alive(lease)).await;
-            shared
-                .dcs_failing
-                .store(!matches!(answer, Ok(Ok(_))), Ordering::SeqCst);
+            failed = !matches!(answer, Ok(Ok(_)));
+            shared.dcs_failing.store(failed, Ordering::SeqCst);
             match answer {
                 Ok(Ok(true)) => shared.renewed_at(sent),
                 Ok(Ok(false)) => {
@@ -363,8 +368,10 @@ pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Rec
                 _ = stop.changed() => return,
                 _ = tick.tick() => {}
             }
-            if !shared.acting_primary.load(Ordering::SeqCst) || shared.paused.load(Ordering::SeqCst)
-            {
+            // Pause does not switch fencing off (as in the engine): the pause
+            // flag this node knows may already have been lifted in the store,
+            // and then replicas race for the expired key.
+            if !shared.acting_primary.load(Ordering::SeqCst) {
                 continue;
             }
             if shared.renewal_is_fresh() || shared.failsafe_is_fresh() {

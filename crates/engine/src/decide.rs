@@ -379,6 +379,14 @@ fn absorb_finished_task(obs: &Observation, mem: &mut Memory) {
 /// Memory bookkeeping that depends on the chosen actions.
 fn finish_memory(obs: &Observation, mem: &mut Memory, actions: &[Action]) {
     mem.last_cycle_ms = Some(obs.now_ms);
+    if let DcsView::Available(snap) = &obs.dcs {
+        let keep_ms = snap.dynamic_config().member_slots_ttl.saturating_mul(1000);
+        for m in &snap.members {
+            mem.members_seen_ms.insert(m.name.clone(), obs.now_ms);
+        }
+        mem.members_seen_ms
+            .retain(|_, seen| obs.now_ms.saturating_sub(*seen) < keep_ms);
+    }
     let promoting = actions
         .iter()
         .any(|a| matches!(a, Action::Promote | Action::StartPrimary))

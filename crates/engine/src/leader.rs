@@ -61,13 +61,25 @@ fn upkeep(ctx: &Ctx<'_>) -> Vec<Action> {
     }
     actions.push(Action::WriteStatus);
     if ctx.cfg.use_slots {
-        let members = snap
+        let keep_ms = ctx.cfg.member_slots_ttl.saturating_mul(1000);
+        let mut members: std::collections::BTreeSet<String> = snap
             .members
             .iter()
             .filter(|m| m.name != ctx.me())
             .map(|m| m.name.clone())
             .collect();
-        actions.push(Action::SyncSlots { members });
+        members.extend(
+            ctx.mem
+                .members_seen_ms
+                .iter()
+                .filter(|(name, seen)| {
+                    name.as_str() != ctx.me() && ctx.now().saturating_sub(**seen) < keep_ms
+                })
+                .map(|(name, _)| name.clone()),
+        );
+        actions.push(Action::SyncSlots {
+            members: members.into_iter().collect(),
+        });
     }
     if snap.config.is_none() {
         actions.push(Action::SeedConfig);

@@ -233,6 +233,10 @@ pub struct Memory {
     /// When this node stopped its primary for a switchover; until a new
     /// leader shows up (at most ttl) it waits instead of starting read-only.
     pub switchover_demoted_ms: Option<u64>,
+    /// When each member was last seen in the store (`member_slots_ttl`: the
+    /// leader keeps the slot of a member that vanished for that long, so a
+    /// member that comes back after a short outage streams without a re-clone).
+    pub members_seen_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// The engine's answer for one cycle.

@@ -1630,3 +1630,33 @@ fn a_switched_over_primary_waits_for_the_new_leader() {
         &["waiting for leader (n1) to finish its promotion"],
     );
 }
+
+#[test]
+fn slots_of_vanished_members_are_kept_for_member_slots_ttl() {
+    let slots = |d: &crate::Decision| {
+        d.actions
+            .iter()
+            .find_map(|a| match a {
+                SyncSlots { members } => Some(members.clone()),
+                _ => None,
+            })
+            .expect("SyncSlots")
+    };
+    let leader = || {
+        b().leader("n2")
+            .primary()
+            .held_lock()
+            .config(json!({"postgresql": {"use_slots": true}, "member_slots_ttl": 60}))
+    };
+    let recent = leader().memory(|m| {
+        m.members_seen_ms.insert("n9".into(), NOW - 30_000);
+    });
+    assert_eq!(slots(&recent.run()), vec!["n1", "n3", "n9"]);
+    let gone = leader().memory(|m| {
+        m.members_seen_ms.insert("n9".into(), NOW - 61_000);
+    });
+    let d = gone.run();
+    assert_eq!(slots(&d), vec!["n1", "n3"]);
+    assert!(!d.memory.members_seen_ms.contains_key("n9"));
+    assert_eq!(d.memory.members_seen_ms.get("n1"), Some(&NOW));
+}
