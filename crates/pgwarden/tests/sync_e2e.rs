@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Options, TestCluster};
+use support::{count_rows, write_until, Options, TestCluster};
 
 const READY: Duration = Duration::from_secs(90);
 
@@ -42,44 +42,6 @@ async fn wait_sync_standby(cluster: &TestCluster, leader: &str, not: Option<&str
         .await
 }
 
-/// Inserts ids one by one into the current leader until `stop` is set;
-/// returns the ids whose commit was acknowledged.
-async fn write_until(cluster: &TestCluster, stop: &AtomicBool) -> BTreeSet<i64> {
-    let mut acknowledged = BTreeSet::new();
-    let mut next = 1_i64;
-    let mut client = None;
-    while !stop.load(Ordering::SeqCst) {
-        if client.is_none() {
-            if let Some(leader) = cluster.leader().await {
-                client = cluster.connect(&leader).await;
-            }
-        }
-        let Some(c) = &client else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let id = next;
-        next += 1;
-        let sql = format!("insert into acked values ({id})");
-        match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
-            Ok(Ok(())) => {
-                acknowledged.insert(id);
-            }
-            _ => client = None,
-        }
-    }
-    acknowledged
-}
-
-async fn count(cluster: &TestCluster, node: &str) -> Option<u64> {
-    cluster
-        .query_strings(node, "select count(*)::text from acked")
-        .await?
-        .first()?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_promotes_the_sync_standby_without_losing_writes() {
     let cluster = TestCluster::start(3, sync_options()).await;
@@ -102,7 +64,7 @@ async fn killing_the_primary_promotes_the_sync_standby_without_losing_writes() {
             .wait_for(
                 "some acknowledged writes",
                 Duration::from_secs(30),
-                || async { (count(&cluster, &old).await? >= 50).then_some(()) },
+                || async { (count_rows(&cluster, &old).await? >= 50).then_some(()) },
             )
             .await;
         // The primary's agent and server die together, mid-stream.
@@ -114,12 +76,12 @@ async fn killing_the_primary_promotes_the_sync_standby_without_losing_writes() {
                 (leader != old && cluster.is_writable(&leader).await).then_some(leader)
             })
             .await;
-        let before = count(&cluster, &new).await.unwrap_or(0);
+        let before = count_rows(&cluster, &new).await.unwrap_or(0);
         cluster
             .wait_for(
                 "writes on the new leader",
                 Duration::from_secs(30),
-                || async { (count(&cluster, &new).await? >= before + 10).then_some(()) },
+                || async { (count_rows(&cluster, &new).await? >= before + 10).then_some(()) },
             )
             .await;
         stop.store(true, Ordering::SeqCst);

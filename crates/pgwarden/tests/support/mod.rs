@@ -494,3 +494,46 @@ postgresql:
         dir = node.dir.display(),
     )
 }
+
+/// Inserts ids one by one into table `acked(id bigint primary key)` on the
+/// current leader until `stop` is set; returns the ids whose commit was
+/// acknowledged.
+pub async fn write_until(
+    cluster: &TestCluster,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::collections::BTreeSet<i64> {
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut next = 1_i64;
+    let mut client = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if client.is_none() {
+            if let Some(leader) = cluster.leader().await {
+                client = cluster.connect(&leader).await;
+            }
+        }
+        let Some(c) = &client else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let id = next;
+        next += 1;
+        let sql = format!("insert into acked values ({id})");
+        match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
+            Ok(Ok(())) => {
+                acknowledged.insert(id);
+            }
+            _ => client = None,
+        }
+    }
+    acknowledged
+}
+
+/// Rows in `acked` on `node`.
+pub async fn count_rows(cluster: &TestCluster, node: &str) -> Option<u64> {
+    cluster
+        .query_strings(node, "select count(*)::text from acked")
+        .await?
+        .first()?
+        .parse()
+        .ok()
+}
