@@ -51,6 +51,8 @@ struct Inner {
     timeouts: Timeouts,
     /// The probe connection and the postmaster it belongs to.
     probe_conn: tokio::sync::Mutex<Option<(u32, sql::Conn)>>,
+    /// The system identifier last read from pg_control.
+    known_sysid: tokio::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -72,6 +74,7 @@ impl Postgres {
                 settings: RwLock::new(Arc::new(settings)),
                 timeouts,
                 probe_conn: tokio::sync::Mutex::new(None),
+                known_sysid: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -240,20 +243,71 @@ impl Postgres {
 
     /// One observation of the local PostgreSQL. Never fails; bounded by the
     /// controldata deadline plus the probe deadline.
+    ///
+    /// While the same postmaster keeps answering on the kept probe session,
+    /// pg_controldata is not run again: the data directory's identity cannot
+    /// change under a running server, and its state follows from
+    /// `pg_is_in_recovery()`. Only a stopped, new or silent server is read
+    /// from pg_control.
     pub async fn observe(&self) -> LocalPgState {
         let s = self.settings();
         let mut state = LocalPgState::empty();
-        (state.data_dir, state.checkpoint_lsn) = self.data_dir_and_checkpoint().await;
         state.managed_sync_standby_names =
             std::fs::read_to_string(s.data_dir.join(render::SYNC_CONF))
                 .ok()
                 .and_then(|text| render::parse_sync_conf(&text));
         state.postmaster_pid = files::live_postmaster(&s.data_dir);
-        if state.postmaster_pid.is_none() {
-            return state;
+        let known = self.answering_server(state.postmaster_pid).await;
+        let mut probed = false;
+        if let (Some(system_identifier), Some(_)) = (known, state.postmaster_pid) {
+            self.probe_into(&s, &mut state).await;
+            probed = true;
+            if state.accepting_connections {
+                state.data_dir = DataDirState::Initialized {
+                    system_identifier,
+                    cluster_state: if state.in_recovery == Some(true) {
+                        PgClusterState::InArchiveRecovery
+                    } else {
+                        PgClusterState::InProduction
+                    },
+                    checkpoint_timeline: state.timeline.unwrap_or(0),
+                    standby_signal: s.data_dir.join("standby.signal").exists(),
+                };
+                return state;
+            }
         }
+        (state.data_dir, state.checkpoint_lsn) = self.data_dir_and_checkpoint().await;
+        if let DataDirState::Initialized {
+            system_identifier, ..
+        } = &state.data_dir
+        {
+            *self.inner.known_sysid.lock().await = Some(system_identifier.clone());
+        }
+        if state.postmaster_pid.is_some() && !probed {
+            self.probe_into(&s, &mut state).await;
+        }
+        state
+    }
+
+    /// The system identifier read from pg_control, when the probe session of
+    /// this very postmaster is open (the server answered last time).
+    async fn answering_server(&self, postmaster: Option<u32>) -> Option<String> {
+        let pid = postmaster?;
+        let conn = self.inner.probe_conn.lock().await;
+        match conn.as_ref() {
+            Some((conn_pid, c)) if *conn_pid == pid && !c.client.is_closed() => {
+                self.inner.known_sysid.lock().await.clone()
+            }
+            _ => None,
+        }
+    }
+
+    /// The SQL probe over the kept session (opened when needed).
+    async fn probe_into(&self, s: &PgSettings, state: &mut LocalPgState) {
+        let Some(postmaster) = state.postmaster_pid else {
+            return;
+        };
         let timeout = self.inner.timeouts.probe;
-        let postmaster = state.postmaster_pid.unwrap_or(0);
         let mut cached = self.inner.probe_conn.lock().await;
         if cached
             .as_ref()
@@ -263,10 +317,10 @@ impl Postgres {
         }
         let outcome = bounded("probe the local PostgreSQL", timeout, async {
             if cached.is_none() {
-                *cached = Some((postmaster, sql::connect(&s, timeout).await?));
+                *cached = Some((postmaster, sql::connect(s, timeout).await?));
             }
             let (_, conn) = cached.as_ref().expect("connected just above");
-            probe(&conn.client, &mut state).await
+            probe(&conn.client, state).await
         })
         .await;
         match outcome {
@@ -282,7 +336,6 @@ impl Postgres {
                 .ok()
                 .and_then(|conf| render::parse_following(&conf));
         }
-        state
     }
 
     // ----- configuration -----------------------------------------------
