@@ -118,7 +118,12 @@ impl Agent {
                 self.config.scope.clone(),
                 self.config.name.clone(),
             ));
-            spawn_rest(listener, backend, stop_rx.clone());
+            let security = crate::rest::api_security(&self.config)
+                .map_err(|reason| AgentError::RestSecurity { reason })?;
+            spawn_rest(listener, backend, security, stop_rx.clone());
+            if self.reload_source.is_some() {
+                spawn_reload_on_sighup(self.shared.clone(), stop_rx.clone());
+            }
             self.spawn_watch(stop_rx.clone());
             spawn_fence_timer(self.shared.clone(), self.pg.clone(), stop_rx.clone());
             spawn_postmaster_watch(self.shared.clone(), self.pg.clone(), stop_rx.clone());
@@ -256,6 +261,7 @@ impl Agent {
 
     /// One cycle. Returns true when a requested shutdown has completed.
     async fn run_cycle(&mut self, shutdown_requested: bool) -> bool {
+        let began = self.clock.now_ms();
         let finished = self.collect_finished_task();
         if let Some(waiter) = self.shared.mailbox.take_reload() {
             let outcome = self.reload_config();
@@ -390,6 +396,8 @@ impl Agent {
         if matches!(view, DcsView::Available(_)) {
             self.publish_member(&local).await;
         }
+        self.shared
+            .cycle_took(self.clock.now_ms().saturating_sub(began));
         self.publish_status(&view, &local, &decision.reason);
 
         shutdown_requested && self.task.is_none() && local.postmaster_pid.is_none()
@@ -545,4 +553,28 @@ fn leaves_postgres_alone(action: &pgwarden_engine::Action) -> bool {
             | Action::WriteInitialize { .. }
             | Action::ClearFailover { .. }
     )
+}
+
+/// SIGHUP re-reads the configuration file, as `POST /reload` does.
+fn spawn_reload_on_sighup(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install a SIGHUP handler; use POST /reload to re-read the configuration");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    info!("SIGHUP: re-reading the configuration");
+                    shared.mailbox.request_reload(None);
+                    shared.wake.notify_one();
+                }
+            }
+        }
+    });
 }

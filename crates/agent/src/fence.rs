@@ -54,6 +54,7 @@ pub struct Shared {
     failsafe_accepted: Mutex<Option<(String, u64)>>,
     /// Operator requests from the REST API.
     pub mailbox: crate::operator::Mailbox,
+    last_cycle_duration_ms: AtomicU64,
 }
 
 /// Why this node refuses a leader's `POST /failsafe`.
@@ -86,6 +87,7 @@ impl Shared {
             failsafe_targets: RwLock::new(BTreeMap::new()),
             failsafe_accepted: Mutex::new(None),
             mailbox: Default::default(),
+            last_cycle_duration_ms: AtomicU64::new(NEVER),
         }
     }
 
@@ -274,7 +276,25 @@ impl Shared {
             holds_lock,
             (last_seen > 0).then_some(last_seen),
         );
+        let mut status = status;
+        status.scheduled_restart = self.mailbox.scheduled_restart().map(|s| s.document);
+        status.failsafe_mode_is_active = self.failsafe_leader().is_some()
+            || (self.failsafe_is_fresh() && self.dcs_failing.load(Ordering::SeqCst));
+        let now = self.clock.now_ms();
+        let valid_for = self
+            .last_renewal_ms()
+            .map(|at| (at + self.fence_deadline_ms.load(Ordering::SeqCst)).saturating_sub(now));
+        status.lease_valid_until_ms = valid_for.map(|ms| {
+            chrono::Utc::now().timestamp_millis() + i64::try_from(ms).unwrap_or(i64::MAX / 2)
+        });
+        let cycle = self.last_cycle_duration_ms.load(Ordering::SeqCst);
+        status.cycle_duration_ms = (cycle != NEVER).then_some(cycle);
         *self.status.write().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Records how long the HA cycle that just ended took.
+    pub fn cycle_took(&self, ms: u64) {
+        self.last_cycle_duration_ms.store(ms, Ordering::SeqCst);
     }
 }
 

@@ -49,6 +49,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the REST API's access rules are not usable: {reason}")]
+    RestSecurity { reason: String },
     #[error("another member is already running with the name {name:?} (its REST API at {api_url} answered); every member needs a unique name")]
     DuplicateName { name: String, api_url: String },
     #[error("the data directory {path} holds a cluster with system identifier {local}, but etcd says this cluster is {stored}; refusing to run (point postgresql.data_dir elsewhere, or remove the cluster's keys with `pgwarden remove` if etcd is stale)")]

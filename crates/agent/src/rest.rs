@@ -4,16 +4,21 @@
 
 use std::sync::Arc;
 
-use pgwarden_api::{ApiBackend, BoxFuture, NodeStatus};
+use pgwarden_api::{
+    ApiBackend, ApiSecurity, BoxFuture, FailsafeRefusal as ApiFailsafeRefusal, NodeAction,
+    NodeStatus,
+};
 use pgwarden_config::AgentConfig;
 use pgwarden_dcs::Dcs;
+use pgwarden_engine::OperatorRequest;
 use pgwarden_engine::{DcsView, TaskKind};
 use pgwarden_types::{ClusterSnapshot, DynamicConfig, LocalPgState, Lsn, SynchronousMode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::fence::Shared;
+use crate::fence::{FailsafeRefusal, Shared};
 use crate::member::{pg_role, pg_state};
+use crate::operator::ScheduledRestart;
 
 pub struct RestBackend {
     shared: Arc<Shared>,
@@ -47,18 +52,71 @@ impl ApiBackend for RestBackend {
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterSnapshot, String>> {
         Box::pin(async move { self.dcs.snapshot().await.map_err(|e| e.to_string()) })
     }
+
+    fn store(&self) -> Option<Arc<dyn Dcs>> {
+        Some(self.dcs.clone())
+    }
+
+    fn node_action(&self, action: NodeAction) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let mailbox = &self.shared.mailbox;
+            let waiting = match action {
+                NodeAction::Restart => mailbox.submit(OperatorRequest::Restart),
+                NodeAction::Reinitialize { .. } => mailbox.submit(OperatorRequest::Reinitialize),
+                NodeAction::ScheduleRestart { at, document } => {
+                    return mailbox.schedule_restart(ScheduledRestart { at, document });
+                }
+                NodeAction::CancelScheduledRestart => {
+                    return if mailbox.cancel_scheduled_restart() {
+                        Ok("scheduled restart deleted".into())
+                    } else {
+                        Err("no restarts are scheduled".into())
+                    };
+                }
+                NodeAction::Reload => {
+                    mailbox.request_reload(None);
+                    self.shared.wake.notify_one();
+                    return Ok("reload scheduled".into());
+                }
+            };
+            self.shared.wake.notify_one();
+            // A restart waits for PostgreSQL to come back (bounded by its start timeout).
+            match tokio::time::timeout(OPERATOR_WAIT, waiting).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(_)) => Err("the agent stopped before answering".into()),
+                Err(_) => Err(format!(
+                    "no answer from the agent within {} s",
+                    OPERATOR_WAIT.as_secs()
+                )),
+            }
+        })
+    }
+
+    fn accept_failsafe(&self, leader: &str) -> Result<(), ApiFailsafeRefusal> {
+        self.shared
+            .accept_failsafe(leader)
+            .map_err(|refusal| match refusal {
+                FailsafeRefusal::Disabled => ApiFailsafeRefusal::Disabled,
+                FailsafeRefusal::RunningAsLeader => ApiFailsafeRefusal::RunningAsLeader,
+            })
+    }
 }
+
+/// How long the REST API waits for the loop to answer an operator request.
+const OPERATOR_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub fn spawn_rest(
     listener: TcpListener,
     backend: Arc<RestBackend>,
+    security: ApiSecurity,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.changed().await;
         };
-        if let Err(err) = pgwarden_api::serve(listener, backend, shutdown).await {
+        let app = pgwarden_api::router_with(backend, security);
+        if let Err(err) = pgwarden_api::serve_router(listener, app, shutdown).await {
             tracing::error!("the REST API stopped: {err}");
         }
     });
@@ -113,4 +171,26 @@ pub fn node_status(
     status.server_version = local.server_version;
     status.postmaster_start_time = local.postmaster_start_time.clone();
     status
+}
+
+/// The REST API's access rules from `restapi.*`; an unusable allowlist entry
+/// is an error naming it.
+pub fn api_security(config: &AgentConfig) -> Result<ApiSecurity, String> {
+    let allowlist = config
+        .restapi
+        .allowlist
+        .iter()
+        .map(|entry| {
+            pgwarden_api::Network::parse(entry).map_err(|why| format!("restapi.allowlist: {why}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ApiSecurity {
+        basic_auth: config
+            .restapi
+            .authentication
+            .as_ref()
+            .map(|a| (a.username.clone(), a.password.clone())),
+        allowlist,
+        allowlist_include_members: config.restapi.allowlist_include_members,
+    })
 }

@@ -53,12 +53,16 @@
 //!   position (Patroni uses the first two; the third is a lower bound of the
 //!   leader's position and only matters when the others are unknown).
 
+mod actions;
 mod client;
 mod documents;
 mod health;
+mod metrics;
+mod security;
 mod server;
 mod status;
 
+pub use actions::{merge_patch, FailsafeRefusal, NodeAction};
 pub use client::{endpoint, ApiClient, ApiClientError, PatroniReport};
 pub use documents::{
     cluster_document, history_document, is_standby_cluster, patroni_document, ClusterDocument,
@@ -67,7 +71,10 @@ pub use documents::{
 pub use health::{
     health_status, health_status_at, is_status_only, parse_size, HealthQuery, ReadinessMode,
 };
+pub use metrics::metrics_text;
+pub use security::{ApiSecurity, Network};
 pub use server::{
-    json_response, router, serve, serve_router, status_only_response, ApiBackend, BoxFuture,
+    json_response, router, router_with, serve, serve_router, status_only_response, ApiBackend,
+    BoxFuture,
 };
 pub use status::NodeStatus;

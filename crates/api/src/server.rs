@@ -20,7 +20,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use pgwarden_dcs::Dcs;
+
+use crate::actions::{self, FailsafeRefusal, NodeAction};
+use crate::security::ApiSecurity;
 use axum::Router;
 use pgwarden_types::ClusterSnapshot;
 use serde_json::{json, Value};
@@ -46,13 +50,38 @@ pub trait ApiBackend: Send + Sync + 'static {
 
     /// A snapshot of the cluster's keys in the store.
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterSnapshot, String>>;
+
+    /// The store, for the endpoints that write the cluster's keys (config,
+    /// switchover, failover). `None`: those endpoints answer 503.
+    fn store(&self) -> Option<Arc<dyn Dcs>> {
+        None
+    }
+
+    /// Hands a restart, reload or reinitialize request to the agent and
+    /// waits for its answer (a message, or the reason of a refusal).
+    fn node_action(&self, action: NodeAction) -> BoxFuture<'_, Result<String, String>> {
+        let _ = action;
+        Box::pin(async { Err("not supported by this agent".to_string()) })
+    }
+
+    /// A leader's `POST /failsafe`: accept it (and stay out of races for ttl) or refuse.
+    fn accept_failsafe(&self, leader: &str) -> Result<(), FailsafeRefusal> {
+        let _ = leader;
+        Err(FailsafeRefusal::Disabled)
+    }
 }
 
-type Backend = Arc<dyn ApiBackend>;
+pub(crate) type Backend = Arc<dyn ApiBackend>;
 
 /// The router with every read endpoint. Later work merges more routes into it
 /// (`router(backend).merge(...)`); the health-check fallback stays last.
 pub fn router(backend: Backend) -> Router {
+    router_with(backend, ApiSecurity::default())
+}
+
+/// [`router`] with access control on the write endpoints.
+pub fn router_with(backend: Backend, security: ApiSecurity) -> Router {
+    let guard_state = (backend.clone(), Arc::new(security));
     Router::new()
         .route(
             "/patroni",
@@ -68,10 +97,75 @@ pub fn router(backend: Backend) -> Router {
         )
         .route(
             "/config",
-            get(get_config).head(status_only).options(status_only),
+            get(get_config)
+                .head(status_only)
+                .options(status_only)
+                .patch(actions::patch_config)
+                .put(actions::put_config),
+        )
+        .route(
+            "/switchover",
+            post(actions::post_switchover)
+                .delete(actions::delete_switchover)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/failover",
+            post(actions::post_failover)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/restart",
+            post(actions::post_restart)
+                .delete(actions::delete_restart)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/reload",
+            post(actions::post_reload)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/reinitialize",
+            post(actions::post_reinitialize)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/failsafe",
+            post(actions::post_failsafe)
+                .get(actions::get_failsafe)
+                .head(status_only)
+                .options(status_only),
+        )
+        .route(
+            "/metrics",
+            get(get_metrics).head(status_only).options(status_only),
         )
         .fallback(health_check)
+        .layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            crate::security::guard,
+        ))
         .with_state(backend)
+}
+
+async fn get_metrics(State(backend): State<Backend>) -> Response {
+    let body =
+        crate::metrics::metrics_text(&backend.status(), chrono::Utc::now().timestamp_millis());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves `router(backend)` on `listener` until `shutdown` resolves, then
@@ -93,9 +187,12 @@ pub async fn serve_router(
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!("REST API listening on {addr}");
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// A JSON response with `Content-Type: application/json`.

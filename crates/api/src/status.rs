@@ -91,6 +91,11 @@ pub struct NodeStatus {
     /// The watchdog device could not be armed or kept alive; peers exclude such
     /// members from elections.
     pub watchdog_failed: bool,
+    /// Wall-clock epoch milliseconds until which this node's lease is
+    /// certainly valid (its last confirmed renewal plus the fence deadline).
+    pub lease_valid_until_ms: Option<i64>,
+    /// How long the last HA cycle took.
+    pub cycle_duration_ms: Option<u64>,
 }
 
 impl NodeStatus {
@@ -135,6 +140,8 @@ impl NodeStatus {
             server_version: None,
             postmaster_start_time: None,
             watchdog_failed: false,
+            lease_valid_until_ms: None,
+            cycle_duration_ms: None,
         }
     }
 

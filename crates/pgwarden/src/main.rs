@@ -113,7 +113,11 @@ fn run_agent(path: PathBuf) -> anyhow::Result<()> {
                 _ = int.recv() => {}
             }
         };
-        pgwarden_agent::run(config, shutdown).await
+        let reload_path = path.clone();
+        let reload: pgwarden_agent::ReloadSource = std::sync::Arc::new(move || {
+            pgwarden_config::load_path(&reload_path, &env_lookup).map_err(|e| e.to_string())
+        });
+        pgwarden_agent::run_with_reload(config, Some(reload), shutdown).await
     })?;
     Ok(())
 }

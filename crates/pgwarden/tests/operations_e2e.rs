@@ -240,3 +240,113 @@ async fn pause_stops_failover_until_resume() {
         .await;
     assert_ne!(new, old);
 }
+
+async fn rest(
+    cluster: &TestCluster,
+    node: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let port = cluster.nodes[cluster.index_of(node)].api_port;
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(120));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("REST request");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_actions_against_a_real_cluster() {
+    use reqwest::Method;
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_ready(3, READY).await;
+    let replica = other_than(&cluster, &[&leader]);
+
+    let (status, metrics) = rest(&cluster, &leader, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!(
+            "patroni_primary{{scope=\"e2e\",name=\"{leader}\"}} 1"
+        )),
+        "{metrics}"
+    );
+
+    // Restart a replica: answered once it is back, with a new postmaster.
+    let before = cluster.nodes[cluster.index_of(&replica)].postmaster_pid();
+    let (status, text) = rest(
+        &cluster,
+        &replica,
+        Method::POST,
+        "/restart",
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "restarted successfully"));
+    assert_ne!(
+        cluster.nodes[cluster.index_of(&replica)].postmaster_pid(),
+        before
+    );
+
+    // Reinitialize: refused on the leader, done on a replica.
+    let (status, text) = rest(&cluster, &leader, Method::POST, "/reinitialize", None).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (503, "I am the leader, can not reinitialize")
+    );
+    let replica_i = cluster.index_of(&replica);
+    let before = cluster.nodes[replica_i].postmaster_pid();
+    let (status, text) = rest(&cluster, &replica, Method::POST, "/reinitialize", None).await;
+    assert_eq!((status, text.as_str()), (200, "reinitialize started"));
+    // A new clone runs under a new postmaster and streams again.
+    cluster
+        .wait_for("the re-cloned replica", Duration::from_secs(90), || async {
+            let pid = cluster.nodes[replica_i].postmaster_pid();
+            let snap = cluster.snapshot().await?;
+            let member = snap.member(&replica)?;
+            (pid.is_some()
+                && pid != before
+                && member.data.state == pgwarden_types::PgState::Running
+                && member.data.replication_state.as_deref() == Some("streaming"))
+            .then_some(())
+        })
+        .await;
+
+    // A dynamic parameter change reaches PostgreSQL without a restart.
+    let (status, text) = rest(
+        &cluster,
+        &leader,
+        Method::PATCH,
+        "/config",
+        Some(serde_json::json!({"postgresql": {"parameters": {"work_mem": "12MB"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    cluster
+        .wait_for("work_mem applied", Duration::from_secs(30), || async {
+            let v = cluster.query_strings(&leader, "show work_mem").await?;
+            (v.first().map(String::as_str) == Some("12MB")).then_some(())
+        })
+        .await;
+
+    // Switchover through the leader's REST API.
+    let (status, text) = rest(
+        &cluster,
+        &leader,
+        Method::POST,
+        "/switchover",
+        Some(serde_json::json!({"leader": leader, "candidate": replica})),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            200,
+            format!("Successfully switched over to \"{replica}\"").as_str()
+        )
+    );
+    assert!(cluster.is_writable(&replica).await);
+}
