@@ -22,6 +22,8 @@ It reads Patroni's YAML configuration, uses Patroni's etcd key layout and serves
 so existing tooling keeps working."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: pgwarden_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +54,13 @@ Example:\n  pgwarden validate /etc/pgwarden/node1.yml"
     },
     /// Start a whole cluster on this machine: 3 etcd members and 3 PostgreSQL nodes on loopback.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  pgwarden completion bash > /etc/bash_completion.d/pgwarden"
+    )]
+    Completion { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Cluster(pgwarden_cli::Verb),
 }
 
 fn init_logging() {
@@ -73,11 +82,44 @@ fn main() -> ExitCode {
         Command::Agent { config } => run_agent(config),
         Command::Validate { config, print } => validate(config, print),
         Command::Demo(args) => demo::run(args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pgwarden",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Cluster(verb) => return run_cli(cli.global, verb),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A cluster verb; its exit code is the process's.
+fn run_cli(global: pgwarden_cli::GlobalArgs, verb: pgwarden_cli::Verb) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pgwarden_cli::run(global, verb)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
@@ -120,4 +162,44 @@ fn run_agent(path: PathBuf) -> anyhow::Result<()> {
         pgwarden_agent::run_with_reload(config, Some(reload), shutdown).await
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_flag_goes_before_or_after_the_verb() {
+        // The form the shared benchmark harness uses.
+        let before = Cli::try_parse_from([
+            "pgwarden",
+            "-c",
+            "n1.yml",
+            "switchover",
+            "--leader",
+            "a",
+            "--candidate",
+            "b",
+            "--force",
+        ])
+        .unwrap();
+        assert_eq!(
+            before.global.config.as_deref(),
+            Some(std::path::Path::new("n1.yml"))
+        );
+        let after =
+            Cli::try_parse_from(["pgwarden", "list", "-c", "n1.yml", "-f", "json"]).unwrap();
+        assert_eq!(
+            after.global.config.as_deref(),
+            Some(std::path::Path::new("n1.yml"))
+        );
+        assert_eq!(after.global.format, pgwarden_cli::Format::Json);
+        assert!(Cli::try_parse_from(["pgwarden", "list", "-f", "xml"]).is_err());
+    }
 }
