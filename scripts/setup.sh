@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgwarden needs to build, run the demo and run the tests on a
 # Debian or Ubuntu machine: PostgreSQL 15, etcd 3.4, the protobuf compiler for
-# the etcd client, and the Rust components used by CI (rustfmt, clippy).
+# the etcd client, HAProxy and Patroni's patronictl (compatibility tests), and
+# the Rust components used by CI (rustfmt, clippy).
 # Safe to run more than once.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ need_root() {
   fi
 }
 
-packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config)
+packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config haproxy python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,4 +41,6 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+# The real patronictl, for the compatibility tests.
+bash "$(dirname "$0")/install-patronictl.sh"
 echo "==> dependencies ready"
