@@ -16,7 +16,7 @@
 #   --nff-profile-patroni P / --nff-profile-pgwarden P
 #                          profile of the no-false-failover checks (default: tuned for Patroni, native
 #                          for pgwarden: both are then at pgwarden's default timings 10/2/4)
-#   --skip-patroni | --skip-pgwarden | --skip-nofalse | --skip-pgcrash | --skip-switchover
+#   --skip-patroni | --skip-pgwarden | --skip-nofalse | --skip-pgcrash | --skip-switchover | --skip-failover
 #   --baseline DIR         baseline harness dir (default $BENCH_BASELINE_DIR or <repo>/../shared/baseline)
 #   --results DIR          results dir (default <repo>/bench/results/<UTC timestamp>)
 #   --state DIR            runtime state (data dirs, logs; default /tmp/pgwarden-bench)
@@ -28,7 +28,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CMDLINE="bash bench/ha.sh $*"
 RUNS=5; BOOT_RUNS=3; PROFILES=native,tuned,fast; IDLE_S=60; CPU_S=300; ETCD_MOVES=5
 NFF_PATRONI=tuned; NFF_PGWARDEN=native
-DO_PATRONI=1; DO_PGWARDEN=1; DO_NOFALSE=1; DO_PGCRASH=1; DO_SWITCHOVER=1; INSTALL=1
+DO_PATRONI=1; DO_PGWARDEN=1; DO_NOFALSE=1; DO_PGCRASH=1; DO_SWITCHOVER=1; DO_FAILOVER=1; INSTALL=1
 BASELINE=${BENCH_BASELINE_DIR:-$REPO/../shared/baseline}
 RESULTS=""; STATE=/tmp/pgwarden-bench; PGW_BIN=""
 PY=/usr/bin/python3
@@ -51,6 +51,7 @@ while [ $# -gt 0 ]; do
     --skip-nofalse) DO_NOFALSE=0; shift;;
     --skip-pgcrash) DO_PGCRASH=0; shift;;
     --skip-switchover) DO_SWITCHOVER=0; shift;;
+    --skip-failover) DO_FAILOVER=0; shift;;
     --baseline) need_arg "$@"; BASELINE=$2; shift 2;;
     --results) need_arg "$@"; RESULTS=$2; shift 2;;
     --state) need_arg "$@"; STATE=$2; shift 2;;
@@ -213,7 +214,7 @@ profile_block() {   # profile_block LABEL PROFILE
   start_block "$l" "$p" || return 1
   phase $((60 + 120 * BOOT_RUNS)) "bootstrap --profile $p --runs $BOOT_RUNS" "${BLX[@]}" bootstrap --profile "$p" --runs "$BOOT_RUNS" --keep &&
   { [ "$IDLE_S" = 0 ] || phase $((300 + IDLE_S)) "idle --profile $p --seconds $IDLE_S" "${BLX[@]}" idle --profile "$p" --seconds "$IDLE_S"; } &&
-  { [ "$RUNS" = 0 ] || phase $((120 + 400 * RUNS)) "failover --profile $p --runs $RUNS" "${BLX[@]}" failover --profile "$p" --runs "$RUNS"; } &&
+  { [ "$RUNS" = 0 ] || [ "$DO_FAILOVER" = 0 ] || phase $((120 + 400 * RUNS)) "failover --profile $p --runs $RUNS" "${BLX[@]}" failover --profile "$p" --runs "$RUNS"; } &&
   { [ "$RUNS" = 0 ] || [ "$DO_SWITCHOVER" = 0 ] || phase $((120 + 300 * RUNS)) "switchover --profile $p --runs $RUNS" "${BLX[@]}" switchover --profile "$p" --runs "$RUNS"; } &&
   { [ "$RUNS" = 0 ] || [ "$DO_PGCRASH" = 0 ] || phase $((120 + 400 * RUNS)) "pgcrash --profile $p --runs $RUNS" "${BLX[@]}" pgcrash --profile "$p" --runs "$RUNS"; }
   end_block "$l" "$p"
