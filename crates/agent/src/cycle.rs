@@ -134,6 +134,17 @@ impl Agent {
                 self.request_timeout(),
                 stop_rx.clone(),
             );
+            if self.config.watchdog.mode != pgwarden_config::WatchdogMode::Off {
+                match std::env::current_exe() {
+                    Ok(program) => crate::fence::spawn_watchdog(
+                        self.shared.clone(),
+                        program,
+                        self.config.postgresql.data_dir.clone(),
+                        stop_rx.clone(),
+                    ),
+                    Err(err) => error!("cannot find this program to run the watchdog guard: {err}"),
+                }
+            }
             spawn_failsafe_rounds(
                 self.shared.clone(),
                 self.config.name.clone(),

@@ -514,3 +514,79 @@ pub fn spawn_failsafe_rounds(
         }
     });
 }
+
+/// How long PostgreSQL may still run as primary from now: until the fence
+/// deadline after the last confirmed renewal (or failsafe round).
+fn validity_left(shared: &Shared) -> Option<Duration> {
+    let deadline = shared.fence_deadline_ms.load(Ordering::SeqCst);
+    let confirmed = [shared.last_renewal_ms(), shared.failsafe_confirmed_ms()]
+        .into_iter()
+        .flatten()
+        .max()?;
+    let left = (confirmed + deadline).checked_sub(shared.clock.now_ms())?;
+    (left > 0).then(|| Duration::from_millis(left))
+}
+
+/// The software watchdog (crate `pgwarden-watchdog`): while this node runs a
+/// primary on a valid lease, a separate guard process is told every 100 ms
+/// until when the lease is certainly valid. If the agent freezes or dies,
+/// the guard stops PostgreSQL when that time passes (or at once when the pipe
+/// closes). Disarmed when the node stops being primary and when the agent
+/// exits on purpose.
+pub fn spawn_watchdog(
+    shared: Arc<Shared>,
+    program: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut guard: Option<pgwarden_watchdog::WatchdogHandle> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    if let Some(g) = guard.take() {
+                        g.disarm();
+                    }
+                    return;
+                }
+                _ = tick.tick() => {}
+            }
+            let primary = shared.acting_primary.load(Ordering::SeqCst);
+            let left = validity_left(&shared);
+            match (primary, left, guard.as_mut()) {
+                (true, Some(left), None) => {
+                    match pgwarden_watchdog::WatchdogHandle::spawn(
+                        &program,
+                        &["watchdog-guard"],
+                        &data_dir,
+                        left,
+                    ) {
+                        Ok(g) => {
+                            tracing::info!(
+                                "watchdog armed: PostgreSQL is stopped if the agent stops renewing its lease"
+                            );
+                            guard = Some(g);
+                        }
+                        Err(err) => error!("{err}; the primary runs without a watchdog"),
+                    }
+                }
+                (true, Some(left), Some(g)) => {
+                    if let Err(err) = g.feed(left) {
+                        error!("{err}; re-arming");
+                        guard = None;
+                    }
+                }
+                // Not primary any more: stop guarding cleanly.
+                (false, _, Some(_)) => {
+                    if let Some(g) = guard.take() {
+                        g.disarm();
+                        tracing::info!("watchdog disarmed");
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+}

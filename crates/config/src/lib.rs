@@ -223,7 +223,10 @@ pub enum WatchdogMode {
     Required,
 }
 
-/// `watchdog` (parsed only: pgwarden has no watchdog support yet).
+/// `watchdog`: `mode` switches pgwarden's software watchdog (a guard process
+/// that stops a primary's PostgreSQL when the agent stops renewing its
+/// lease) on (`automatic`, `required`) or off; `device` and `safety_margin`
+/// are Patroni's kernel-watchdog settings and are ignored with a warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchdogConfig {
     pub mode: WatchdogMode,

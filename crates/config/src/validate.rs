@@ -1130,21 +1130,13 @@ fn watchdog(ctx: &mut Ctx<'_>) -> WatchdogConfig {
     if let Some(m) = ctx.integer("watchdog.safety_margin", -1, 3600) {
         out.safety_margin = m;
     }
-    if out.mode != WatchdogMode::Off {
-        ctx.unimplemented.push("watchdog.mode".into());
-    }
+    // pgwarden's watchdog is its own guard process: the kernel device and its
+    // safety margin do not apply (the guard fires at the fence deadline).
     if out.device.is_some() {
         ctx.unimplemented.push("watchdog.device".into());
     }
     if ctx.raw("watchdog.safety_margin").is_some() {
         ctx.unimplemented.push("watchdog.safety_margin".into());
-    }
-    if out.mode == WatchdogMode::Required {
-        ctx.warnings.push(
-            "watchdog.mode is 'required' but pgwarden has no watchdog support yet: this node may become \
-             primary without a watchdog"
-                .into(),
-        );
     }
     out
 }

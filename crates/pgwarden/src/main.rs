@@ -61,6 +61,9 @@ Example:\n  pgwarden validate /etc/pgwarden/node1.yml"
     Completion { shell: clap_complete::Shell },
     #[command(flatten)]
     Cluster(pgwarden_cli::Verb),
+    /// The watchdog guard a primary's agent runs (internal).
+    #[command(hide = true)]
+    WatchdogGuard(pgwarden_watchdog::GuardArgs),
 }
 
 fn init_logging() {
@@ -93,6 +96,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Cluster(verb) => return run_cli(cli.global, verb),
+        Command::WatchdogGuard(args) => {
+            return match pgwarden_watchdog::run_guard(&args, std::io::stdin()) {
+                pgwarden_watchdog::GuardOutcome::Disarmed => ExitCode::SUCCESS,
+                pgwarden_watchdog::GuardOutcome::Fenced(_) => ExitCode::from(3),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
