@@ -337,7 +337,6 @@ fn full_patroni_file_loads_with_one_unimplemented_warning() {
         "postgresql.pgbackrest",
         "postgresql.basebackup",
         "postgresql.use_unix_socket",
-        "watchdog.mode",
         "watchdog.device",
         "watchdog.safety_margin",
     ] {
@@ -346,6 +345,11 @@ fn full_patroni_file_loads_with_one_unimplemented_warning() {
             "{key} missing from: {line}"
         );
     }
+    // pgwarden implements watchdog.mode with its own guard process.
+    assert!(
+        !line.split([':', ',']).any(|k| k.trim() == "watchdog.mode"),
+        "watchdog.mode is implemented: {line}"
+    );
     let all = cfg.warnings.join("\n");
     assert!(
         all.contains("postgresql.parameters: max_connections only come from dynamic configuration"),
