@@ -120,7 +120,9 @@ impl Agent {
             ));
             let security = crate::rest::api_security(&self.config)
                 .map_err(|reason| AgentError::RestSecurity { reason })?;
-            spawn_rest(listener, backend, security, stop_rx.clone());
+            let tls = crate::rest::api_tls(&self.config)
+                .map_err(|reason| AgentError::RestSecurity { reason })?;
+            spawn_rest(listener, backend, security, tls, stop_rx.clone());
             if self.reload_source.is_some() {
                 spawn_reload_on_sighup(self.shared.clone(), stop_rx.clone());
             }
@@ -154,6 +156,11 @@ impl Agent {
                     api_url: self.config.api_url(),
                     slots: Default::default(),
                 },
+                self.config
+                    .restapi
+                    .authentication
+                    .as_ref()
+                    .map(|a| (a.username.clone(), a.password.clone())),
                 self.request_timeout(),
                 stop_rx.clone(),
             );

@@ -449,12 +449,12 @@ pub fn spawn_failsafe_rounds(
     shared: Arc<Shared>,
     me: String,
     claim: FailsafeClaim,
+    auth: Option<(String, String)>,
     request_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .no_proxy()
+        let client = match pgwarden_api::http_client_builder()
             .timeout(request_timeout)
             .build()
         {
@@ -489,7 +489,10 @@ pub fn spawn_failsafe_rounds(
             let asks = targets.iter().map(|(name, url)| {
                 let base = url.trim_end_matches('/');
                 let base = base.strip_suffix("/patroni").unwrap_or(base);
-                let request = client.post(format!("{base}/failsafe")).json(&claim);
+                let mut request = client.post(format!("{base}/failsafe")).json(&claim);
+                if let Some((user, password)) = &auth {
+                    request = request.basic_auth(user, Some(password));
+                }
                 async move {
                     let accepted = matches!(request.send().await, Ok(r) if r.status().is_success());
                     (name.clone(), accepted)

@@ -109,6 +109,7 @@ pub fn spawn_rest(
     listener: TcpListener,
     backend: Arc<RestBackend>,
     security: ApiSecurity,
+    tls: Option<pgwarden_api::TlsServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -116,7 +117,11 @@ pub fn spawn_rest(
             let _ = stop.changed().await;
         };
         let app = pgwarden_api::router_with(backend, security);
-        if let Err(err) = pgwarden_api::serve_router(listener, app, shutdown).await {
+        let served = match tls {
+            Some(config) => pgwarden_api::serve_tls(listener, app, config, shutdown).await,
+            None => pgwarden_api::serve_router(listener, app, shutdown).await,
+        };
+        if let Err(err) = served {
             tracing::error!("the REST API stopped: {err}");
         }
     });
@@ -193,4 +198,30 @@ pub fn api_security(config: &AgentConfig) -> Result<ApiSecurity, String> {
         allowlist,
         allowlist_include_members: config.restapi.allowlist_include_members,
     })
+}
+
+/// HTTPS for the REST API when `restapi.certfile` is set; errors name the key and file.
+pub fn api_tls(config: &AgentConfig) -> Result<Option<pgwarden_api::TlsServerConfig>, String> {
+    let Some(certfile) = config.restapi.certfile.clone() else {
+        return Ok(None);
+    };
+    let keyfile = config
+        .restapi
+        .keyfile
+        .clone()
+        .unwrap_or_else(|| certfile.clone());
+    let verify_client = match config.restapi.verify_client.as_deref() {
+        Some("required") => pgwarden_api::ClientVerify::Required,
+        Some("optional") => pgwarden_api::ClientVerify::Optional,
+        _ => pgwarden_api::ClientVerify::None,
+    };
+    let settings = pgwarden_api::TlsSettings {
+        certfile,
+        keyfile,
+        cafile: config.restapi.cafile.clone(),
+        verify_client,
+    };
+    pgwarden_api::server_config(&settings)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -185,7 +185,7 @@ impl ApiClient {
 
     /// Like [`ApiClient::new`], reporting a setup failure as an error.
     pub fn try_new(timeout: Duration) -> Result<ApiClient, ApiClientError> {
-        let http = reqwest::Client::builder()
+        let http = http_client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // Peers are reached directly; an HTTP(S)_PROXY meant for the internet must not intercept them.
@@ -282,6 +282,24 @@ pub fn endpoint(base_url: &str, path: &str) -> String {
     } else {
         format!("{base}/{path}")
     }
+}
+
+/// A reqwest builder for talking to members' REST APIs over HTTP or HTTPS.
+///
+/// Members often use self-signed certificates, so, as Patroni does between
+/// its members, server certificates are not verified; the API's own access
+/// rules (Basic authentication, allowlist) protect it. rustls runs on the
+/// `ring` provider, installed once for the process.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_danger_accept_invalid_certs(true)
+}
+
+/// Makes `ring` the process's rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

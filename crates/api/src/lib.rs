@@ -61,9 +61,13 @@ mod metrics;
 mod security;
 mod server;
 mod status;
+mod tls;
 
 pub use actions::{merge_patch, FailsafeRefusal, NodeAction};
-pub use client::{endpoint, ApiClient, ApiClientError, PatroniReport};
+pub use client::{
+    endpoint, http_client_builder, install_crypto_provider, ApiClient, ApiClientError,
+    PatroniReport,
+};
 pub use documents::{
     cluster_document, history_document, is_standby_cluster, patroni_document, ClusterDocument,
     ClusterMemberDocument, ReportedLag, ReportedLsn, ScheduledSwitchover,
@@ -72,9 +76,11 @@ pub use health::{
     health_status, health_status_at, is_status_only, parse_size, HealthQuery, ReadinessMode,
 };
 pub use metrics::metrics_text;
+pub use rustls::ServerConfig as TlsServerConfig;
 pub use security::{ApiSecurity, Network};
 pub use server::{
     json_response, router, router_with, serve, serve_router, status_only_response, ApiBackend,
     BoxFuture,
 };
 pub use status::NodeStatus;
+pub use tls::{serve_tls, server_config, ClientVerify, TlsError, TlsSettings};

@@ -136,7 +136,7 @@ async fn start(security: ApiSecurity, answer: Result<String, String>) -> Server 
 }
 
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = pgwarden_api::http_client_builder().build().unwrap();
     let mut request = client.request(method, url).timeout(Duration::from_secs(30));
     if let Some(body) = body {
         request = request.json(&body);
@@ -219,7 +219,9 @@ async fn switchover_validation_changes_nothing_on_bad_input() {
     )
     .await;
     assert_eq!(status, 400, "{text}");
-    let raw = reqwest::Client::new()
+    let raw = pgwarden_api::http_client_builder()
+        .build()
+        .unwrap()
         .post(format!("{}/switchover", server.url))
         .body("{not json")
         .send()
@@ -477,7 +479,7 @@ async fn basic_auth_guards_writes_only() {
         ..ApiSecurity::default()
     };
     let server = start(security, Ok("ok".into())).await;
-    let client = reqwest::Client::new();
+    let client = pgwarden_api::http_client_builder().build().unwrap();
     let url = format!("{}/reload", server.url);
     let none = client.post(&url).send().await.unwrap();
     assert_eq!(none.status().as_u16(), 401);
@@ -544,7 +546,7 @@ async fn allowlist_admits_listed_networks_only() {
 #[tokio::test]
 async fn failsafe_handshake() {
     let server = start(ApiSecurity::default(), Ok("ok".into())).await;
-    let response = reqwest::Client::new()
+    let response = pgwarden_api::http_client_builder().build().unwrap()
         .post(format!("{}/failsafe", server.url))
         .json(&json!({"name": "node1", "conn_url": "postgres://x", "api_url": "http://x", "slots": {}}))
         .send()

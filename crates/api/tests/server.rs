@@ -190,7 +190,17 @@ async fn raw_request(addr: std::net::SocketAddr, request: String) -> (String, St
 }
 
 async fn get(url: &str) -> (u16, Option<String>, String) {
-    let response = timeout(BOUND, reqwest::get(url)).await.unwrap().unwrap();
+    let response = timeout(
+        BOUND,
+        pgwarden_api::http_client_builder()
+            .build()
+            .unwrap()
+            .get(url)
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let status = response.status().as_u16();
     let content_type = response
         .headers()

@@ -284,8 +284,7 @@ async fn connect(global: &GlobalArgs) -> Result<Cluster, CliError> {
     })
     .await
     .map_err(|e| CliError::Store(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let http = pgwarden_api::http_client_builder()
         .timeout(Duration::from_secs(120))
         .build()
         .map_err(|e| CliError::Failed(format!("HTTP client: {e}")))?;

@@ -339,3 +339,64 @@ async fn replica_lagging_beyond_maximum_lag_is_not_promoted() {
     );
     support::signal(receiver, nix::sys::signal::Signal::SIGCONT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failsafe_mode_keeps_the_primary_through_an_etcd_outage() {
+    let options = Options {
+        extra_dcs: "    failsafe_mode: on\n".to_string(),
+        ..Options::default()
+    };
+    let cluster = TestCluster::start(3, options).await;
+    let leader = cluster.wait_ready(3, READY).await;
+    cluster
+        .execute(&leader, "create table w(id serial primary key)")
+        .await
+        .unwrap();
+    let tl = cluster.timeline(&leader).await.unwrap();
+    cluster
+        .wait_for("the failsafe key", Duration::from_secs(30), || async {
+            let snap = cluster.snapshot().await?;
+            (snap.failsafe?.len() == 3).then_some(())
+        })
+        .await;
+    let ttl = Duration::from_secs(cluster.options.timing.ttl);
+
+    // etcd freezes for three ttl periods; every member still answers the primary.
+    for member in 0..3 {
+        cluster.etcd.stop_member(member).expect("SIGSTOP etcd");
+    }
+    let frozen_at = Instant::now();
+    let mut writes = 0;
+    let mut failed_late = 0;
+    while frozen_at.elapsed() < 3 * ttl {
+        match cluster
+            .execute(&leader, "insert into w default values")
+            .await
+        {
+            Ok(()) => writes += 1,
+            Err(_) if frozen_at.elapsed() > ttl => failed_late += 1,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let still_writable = cluster.is_writable(&leader).await;
+    for member in 0..3 {
+        cluster.etcd.resume_member(member).expect("SIGCONT etcd");
+    }
+    assert!(still_writable, "the primary stayed up through the outage");
+    assert_eq!(
+        failed_late, 0,
+        "no write failed after ttl ({writes} succeeded)"
+    );
+    for node in cluster.nodes.iter().filter(|n| n.name != leader) {
+        assert!(
+            !cluster.is_writable(&node.name).await,
+            "{} was promoted",
+            node.name
+        );
+    }
+    // etcd is back: the same primary takes the key again, on the same timeline.
+    let after = cluster.wait_ready(3, READY).await;
+    assert_eq!(after, leader);
+    assert_eq!(cluster.timeline(&leader).await, Some(tl));
+}

@@ -181,6 +181,48 @@ async fn haproxy_routes_by_the_health_endpoints_and_follows_a_switchover() {
     let _haproxy =
         ChildGuard::spawn("haproxy", command, cluster.dir.path()).expect("starting haproxy");
 
+    // HAProxy counts servers up until their checks fail: wait until its own
+    // view (the stats CSV) matches the health endpoints.
+    let settled = |writer: String| {
+        let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        async move {
+            let csv = pgwarden_api::http_client_builder()
+                .build()
+                .ok()?
+                .get(format!("http://127.0.0.1:{stats}/;csv"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let status = |proxy: &str, server: &str| {
+                csv.lines()
+                    .map(|l| l.split(',').collect::<Vec<_>>())
+                    .find(|f| f.len() > 17 && f[0] == proxy && f[1] == server)
+                    .map(|f| f[17].to_string())
+            };
+            names
+                .iter()
+                .all(|n| {
+                    let (rw_state, ro_state) = if *n == writer {
+                        ("UP", "DOWN")
+                    } else {
+                        ("DOWN", "UP")
+                    };
+                    status("primary", n).as_deref() == Some(rw_state)
+                        && status("replicas", n).as_deref() == Some(ro_state)
+                })
+                .then_some(())
+        }
+    };
+    cluster
+        .wait_for(
+            "HAProxy's checks to settle",
+            Duration::from_secs(30),
+            || settled(leader.clone()),
+        )
+        .await;
     let leader_port = cluster.nodes[cluster.index_of(&leader)].pg_port;
     cluster
         .wait_for(
@@ -206,7 +248,9 @@ async fn haproxy_routes_by_the_health_endpoints_and_follows_a_switchover() {
         .map(|n| n.name.clone())
         .find(|n| *n != leader)
         .unwrap();
-    let response = reqwest::Client::new()
+    let response = pgwarden_api::http_client_builder()
+        .build()
+        .unwrap()
         .post(format!(
             "http://127.0.0.1:{}/switchover",
             cluster.nodes[cluster.index_of(&leader)].api_port

@@ -180,7 +180,7 @@ async fn pause_stops_failover_until_resume() {
             "every member to see the pause",
             Duration::from_secs(30),
             || async {
-                let client = reqwest::Client::new();
+                let client = pgwarden_api::http_client_builder().build().unwrap();
                 for node in &cluster.nodes {
                     let doc: serde_json::Value = client
                         .get(format!("http://127.0.0.1:{}/patroni", node.api_port))
@@ -249,7 +249,9 @@ async fn rest(
     body: Option<serde_json::Value>,
 ) -> (u16, String) {
     let port = cluster.nodes[cluster.index_of(node)].api_port;
-    let mut request = reqwest::Client::new()
+    let mut request = pgwarden_api::http_client_builder()
+        .build()
+        .unwrap()
         .request(method, format!("http://127.0.0.1:{port}{path}"))
         .timeout(Duration::from_secs(120));
     if let Some(body) = body {
