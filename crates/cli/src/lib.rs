@@ -80,6 +80,7 @@ pub enum Verb {
         watch: Option<f64>,
     },
     /// Show the members as a replication tree under the leader.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml topology")]
     Topology {
         #[arg(short = 'w', long, value_name = "SECONDS")]
         watch: Option<f64>,
@@ -103,6 +104,7 @@ pub enum Verb {
         force: bool,
     },
     /// Manual failover to a given member (also when the leader is unhealthy).
+    #[command(after_help = "Examples:\n  pgwarden -c node1.yml failover --candidate node2\n  pgwarden -c node1.yml failover --candidate node2 --force   # even while the leader is healthy")]
     Failover {
         #[arg(long)]
         candidate: Option<String>,
@@ -131,6 +133,7 @@ pub enum Verb {
         force: bool,
     },
     /// Re-read the configuration file on members (all by default).
+    #[command(after_help = "Examples:\n  pgwarden -c node1.yml reload --force\n  pgwarden -c node1.yml reload node2 --force")]
     Reload {
         members: Vec<String>,
         #[arg(short = 'r', long, value_enum)]
@@ -139,6 +142,7 @@ pub enum Verb {
         force: bool,
     },
     /// Throw a replica's data directory away and clone it again.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml reinit node3 --force --wait")]
     Reinit {
         members: Vec<String>,
         #[arg(long)]
@@ -148,17 +152,20 @@ pub enum Verb {
         wait: bool,
     },
     /// Maintenance mode: no automatic failover or restarts.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml pause --wait")]
     Pause {
         /// Wait until every member reports it.
         #[arg(long)]
         wait: bool,
     },
     /// Leave maintenance mode.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml resume --wait")]
     Resume {
         #[arg(long)]
         wait: bool,
     },
     /// Print the dynamic configuration (the `config` key) as YAML.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml show-config")]
     ShowConfig,
     /// Change the dynamic configuration: in $EDITOR, or with --set/--pg.
     #[command(
@@ -179,8 +186,10 @@ pub enum Verb {
         force: bool,
     },
     /// Timeline history: which switch made which leader.
+    #[command(after_help = "Examples:\n  pgwarden -c node1.yml history\n  pgwarden -c node1.yml history -f json")]
     History,
     /// Connection string of a member (default: the leader).
+    #[command(after_help = "Examples:\n  psql \"$(pgwarden -c node1.yml dsn) user=postgres\"\n  pgwarden -c node1.yml dsn --role replica")]
     Dsn {
         #[arg(short = 'm', long)]
         member: Option<String>,
@@ -202,12 +211,14 @@ pub enum Verb {
         dbname: String,
     },
     /// Delete every key of the cluster from etcd (the data directories stay).
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml remove            # asks for the cluster name\n  pgwarden -c node1.yml remove --yes-i-am-sure demo")]
     Remove {
         /// The cluster name, to confirm without a prompt.
         #[arg(long, value_name = "SCOPE")]
         yes_i_am_sure: Option<String>,
     },
     /// The versions of this program and of every member.
+    #[command(after_help = "Example:\n  pgwarden -c node1.yml version")]
     Version,
 }
 

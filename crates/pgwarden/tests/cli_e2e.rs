@@ -217,6 +217,34 @@ async fn every_verb_against_a_real_cluster() {
         )
         .await;
 
+    // Re-clone a replica (the old leader), waiting until it runs again.
+    // (Right after the switchover it may still be starting as a replica:
+    // the agent answers "not now" until then.)
+    let out = cluster
+        .wait_for("reinit to be accepted", Duration::from_secs(60), || async {
+            let run = pgwarden(&cluster, &["reinit", &leader, "--force", "--wait"]);
+            (run.code == 0).then_some(run.stdout)
+        })
+        .await;
+    assert!(
+        out.contains(&format!("Success: reinitialize for member {leader}")),
+        "{out}"
+    );
+    fails(
+        &cluster,
+        &["reinit", &replica, "--force"],
+        "I am the leader",
+    );
+    cluster.wait_ready(3, READY).await;
+
+    // Manual failover while the leader is healthy needs --force.
+    fails(&cluster, &["failover", "--candidate", &leader], "--force");
+    let out = ok(&cluster, &["failover", "--candidate", &leader, "--force"]);
+    assert!(
+        out.contains(&format!("Successfully failed over to \"{leader}\"")),
+        "{out}"
+    );
+
     // remove refuses without the cluster name; version lists every member.
     fails(&cluster, &["remove"], "--yes-i-am-sure e2e");
     fails(

@@ -168,7 +168,7 @@ async fn haproxy_routes_by_the_health_endpoints_and_follows_a_switchover() {
         "global\n    maxconn 100\n\
          defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
          \n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n\
-         listen stats\n    mode http\n    bind 127.0.0.1:{stats}\n    stats enable\n\
+         listen stats\n    mode http\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n\
          listen primary\n    bind 127.0.0.1:{rw}\n    option httpchk GET /primary\n    http-check expect status 200\n{}\
          listen replicas\n    bind 127.0.0.1:{ro}\n    balance roundrobin\n    option httpchk GET /replica\n    http-check expect status 200\n{}",
         servers("rw"),
@@ -189,7 +189,7 @@ async fn haproxy_routes_by_the_health_endpoints_and_follows_a_switchover() {
             let csv = pgwarden_api::http_client_builder()
                 .build()
                 .ok()?
-                .get(format!("http://127.0.0.1:{stats}/;csv"))
+                .get(format!("http://127.0.0.1:{stats}/stats;csv"))
                 .send()
                 .await
                 .ok()?

@@ -29,8 +29,11 @@ fn demo_starts_a_ready_cluster_and_leaves_no_process_behind() {
         .tempdir()
         .unwrap();
     let cluster_dir = dir.path().join("cluster");
-    // Ports are consecutive from each base; bases far apart from each other.
-    let (pg, api, etcd) = (free_port(), free_port(), free_port());
+    // The demo uses consecutive ports from each base (etcd: base + 10*i and
+    // + 1): pick bases whose whole ranges are free right now.
+    let pg = free_base(&[0, 1, 2]);
+    let api = free_base(&[0, 1, 2]);
+    let etcd = free_base(&[0, 1, 10, 11, 20, 21]);
     let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["demo", "--exit-when-ready", "--dir"])
         .arg(&cluster_dir)
@@ -72,4 +75,21 @@ fn demo_names_the_missing_binary_and_the_install_command() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/bin"), "{stderr}");
     assert!(stderr.contains("apt-get install postgresql-15"), "{stderr}");
+}
+
+/// A base port from which every `offset` is free to bind on 127.0.0.1.
+fn free_base(offsets: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base > u16::MAX - 32 {
+            continue;
+        }
+        let all_free = offsets
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range found on 127.0.0.1");
 }

@@ -373,8 +373,14 @@ impl TestCluster {
     pub fn dump_logs(&self) {
         for node in &self.nodes {
             let text = fs::read_to_string(node.log_path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            eprintln!("----- {} agent log (last 80 lines) -----", node.name);
+            // Debug lines repeat every cycle; the decisions and errors are what explain a failure.
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("DEBUG"))
+                .take(80)
+                .collect();
+            eprintln!("----- {} agent log (last 80 lines above debug) -----", node.name);
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
