@@ -104,7 +104,9 @@ pub enum Verb {
         force: bool,
     },
     /// Manual failover to a given member (also when the leader is unhealthy).
-    #[command(after_help = "Examples:\n  pgwarden -c node1.yml failover --candidate node2\n  pgwarden -c node1.yml failover --candidate node2 --force   # even while the leader is healthy")]
+    #[command(
+        after_help = "Examples:\n  pgwarden -c node1.yml failover --candidate node2\n  pgwarden -c node1.yml failover --candidate node2 --force   # even while the leader is healthy"
+    )]
     Failover {
         #[arg(long)]
         candidate: Option<String>,
@@ -133,7 +135,9 @@ pub enum Verb {
         force: bool,
     },
     /// Re-read the configuration file on members (all by default).
-    #[command(after_help = "Examples:\n  pgwarden -c node1.yml reload --force\n  pgwarden -c node1.yml reload node2 --force")]
+    #[command(
+        after_help = "Examples:\n  pgwarden -c node1.yml reload --force\n  pgwarden -c node1.yml reload node2 --force"
+    )]
     Reload {
         members: Vec<String>,
         #[arg(short = 'r', long, value_enum)]
@@ -186,10 +190,14 @@ pub enum Verb {
         force: bool,
     },
     /// Timeline history: which switch made which leader.
-    #[command(after_help = "Examples:\n  pgwarden -c node1.yml history\n  pgwarden -c node1.yml history -f json")]
+    #[command(
+        after_help = "Examples:\n  pgwarden -c node1.yml history\n  pgwarden -c node1.yml history -f json"
+    )]
     History,
     /// Connection string of a member (default: the leader).
-    #[command(after_help = "Examples:\n  psql \"$(pgwarden -c node1.yml dsn) user=postgres\"\n  pgwarden -c node1.yml dsn --role replica")]
+    #[command(
+        after_help = "Examples:\n  psql \"$(pgwarden -c node1.yml dsn) user=postgres\"\n  pgwarden -c node1.yml dsn --role replica"
+    )]
     Dsn {
         #[arg(short = 'm', long)]
         member: Option<String>,
@@ -211,7 +219,9 @@ pub enum Verb {
         dbname: String,
     },
     /// Delete every key of the cluster from etcd (the data directories stay).
-    #[command(after_help = "Example:\n  pgwarden -c node1.yml remove            # asks for the cluster name\n  pgwarden -c node1.yml remove --yes-i-am-sure demo")]
+    #[command(
+        after_help = "Example:\n  pgwarden -c node1.yml remove            # asks for the cluster name\n  pgwarden -c node1.yml remove --yes-i-am-sure demo"
+    )]
     Remove {
         /// The cluster name, to confirm without a prompt.
         #[arg(long, value_name = "SCOPE")]

@@ -380,7 +380,10 @@ impl TestCluster {
                 .filter(|l| !l.contains("DEBUG"))
                 .take(80)
                 .collect();
-            eprintln!("----- {} agent log (last 80 lines above debug) -----", node.name);
+            eprintln!(
+                "----- {} agent log (last 80 lines above debug) -----",
+                node.name
+            );
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
