@@ -128,7 +128,7 @@ mod tests {
     fn one_request_at_a_time() {
         let mailbox = Mailbox::default();
         let _first = mailbox.submit(OperatorRequest::Restart);
-        let mut second = mailbox.submit(OperatorRequest::Reinitialize);
+        let mut second = mailbox.submit(OperatorRequest::Reinitialize { from_leader: false });
         assert!(matches!(second.try_recv(), Ok(Err(m)) if m.contains("another")));
         let taken = mailbox.take(at("2026-01-01T00:00:00Z")).unwrap();
         assert_eq!(taken.request, OperatorRequest::Restart);

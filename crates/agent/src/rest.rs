@@ -62,7 +62,9 @@ impl ApiBackend for RestBackend {
             let mailbox = &self.shared.mailbox;
             let waiting = match action {
                 NodeAction::Restart => mailbox.submit(OperatorRequest::Restart),
-                NodeAction::Reinitialize { .. } => mailbox.submit(OperatorRequest::Reinitialize),
+                NodeAction::Reinitialize { from_leader } => {
+                    mailbox.submit(OperatorRequest::Reinitialize { from_leader })
+                }
                 NodeAction::ScheduleRestart { at, document } => {
                     return mailbox.schedule_restart(ScheduledRestart { at, document });
                 }

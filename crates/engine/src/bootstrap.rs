@@ -32,6 +32,7 @@ pub(crate) fn empty_datadir(ctx: &mut Ctx<'_>) -> Outcome {
                 .members
                 .iter()
                 .filter(|m| m.name != leader && m.name != me)
+                .filter(|_| !ctx.mem.clone_from_leader)
                 .find(|m| {
                     m.data.tags.clonefrom
                         && m.data.state == PgState::Running

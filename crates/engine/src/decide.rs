@@ -369,6 +369,7 @@ fn absorb_finished_task(obs: &Observation, mem: &mut Memory) {
         }
         // Fresh data directories carry no primary past.
         (TaskKind::Clone | TaskKind::Initdb, _) => {
+            mem.clone_from_leader = false;
             mem.was_primary = false;
             mem.rewind_failed = false;
         }
@@ -564,7 +565,7 @@ fn operator(ctx: &mut Ctx<'_>, request: &OperatorRequest) -> Outcome {
                 )),
             }
         }
-        OperatorRequest::Reinitialize => {
+        OperatorRequest::Reinitialize { from_leader } => {
             if ctx.i_am_leader() {
                 return Outcome::none("reinitialize refused: I am the leader")
                     .reply(Err("I am the leader, can not reinitialize".into()));
@@ -573,6 +574,7 @@ fn operator(ctx: &mut Ctx<'_>, request: &OperatorRequest) -> Outcome {
                 return Outcome::none("reinitialize refused: the cluster has no leader")
                     .reply(Err("Cluster has no leader, can not reinitialize".into()));
             }
+            ctx.mem.clone_from_leader = *from_leader;
             let mut actions = Vec::new();
             if running {
                 actions.push(Action::Stop);

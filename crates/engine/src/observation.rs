@@ -101,8 +101,9 @@ pub struct Observation {
 pub enum OperatorRequest {
     /// Restart PostgreSQL in its current role.
     Restart,
-    /// Throw the data directory away and clone it again.
-    Reinitialize,
+    /// Throw the data directory away and clone it again (from the leader
+    /// itself with `from_leader`, else as a new member would).
+    Reinitialize { from_leader: bool },
 }
 
 /// How to stop a primary that must no longer accept writes (Patroni's demotion modes).
@@ -237,6 +238,8 @@ pub struct Memory {
     /// leader keeps the slot of a member that vanished for that long, so a
     /// member that comes back after a short outage streams without a re-clone).
     pub members_seen_ms: std::collections::BTreeMap<String, u64>,
+    /// An operator asked to re-clone from the leader (not a `clonefrom` member).
+    pub clone_from_leader: bool,
 }
 
 /// The engine's answer for one cycle.

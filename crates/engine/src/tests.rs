@@ -948,7 +948,9 @@ fn operator_restart_and_reinitialize() {
         b.obs.operator_request = Some(r);
         b
     };
-    use crate::OperatorRequest::{Reinitialize, Restart};
+    use crate::OperatorRequest::Restart;
+    const REINIT: crate::OperatorRequest =
+        crate::OperatorRequest::Reinitialize { from_leader: false };
     // The leader restarts as primary and keeps the lock; the answer waits for the task.
     let d = expect(
         &ask(b().leader("n2").primary(), Restart),
@@ -978,13 +980,13 @@ fn operator_restart_and_reinitialize() {
         Some(Err("postgres is not running".into()))
     );
     // Reinitialize: never on the leader, never without one.
-    let d = ask(b().leader("n2").primary(), Reinitialize).run();
+    let d = ask(b().leader("n2").primary(), REINIT).run();
     assert_eq!(
         d.operator_reply,
         Some(Err("I am the leader, can not reinitialize".into()))
     );
     assert!(d.actions.iter().all(|a| *a != WipeDataDir));
-    let d = ask(b(), Reinitialize).run();
+    let d = ask(b(), REINIT).run();
     assert_eq!(
         d.operator_reply,
         Some(Err("Cluster has no leader, can not reinitialize".into()))
@@ -992,7 +994,7 @@ fn operator_restart_and_reinitialize() {
     let d = expect(
         &ask(
             b().leader("n1").local(local_replica(1000, Some("n1"))),
-            Reinitialize,
+            REINIT,
         ),
         vec![Stop, WipeDataDir],
         &["reinitializing"],
@@ -1659,4 +1661,31 @@ fn slots_of_vanished_members_are_kept_for_member_slots_ttl() {
     assert_eq!(slots(&d), vec!["n1", "n3"]);
     assert!(!d.memory.members_seen_ms.contains_key("n9"));
     assert_eq!(d.memory.members_seen_ms.get("n1"), Some(&NOW));
+}
+
+#[test]
+fn reinitialize_from_leader_skips_clonefrom_members() {
+    let mut ask = b().leader("n1").local(local_replica(1000, Some("n1")));
+    ask.obs.operator_request = Some(crate::OperatorRequest::Reinitialize { from_leader: true });
+    let d = expect(&ask, vec![Stop, WipeDataDir], &["reinitializing"]);
+    assert!(d.memory.clone_from_leader);
+    let tagged = b()
+        .empty_datadir()
+        .leader("n1")
+        .member_mut("n3", |m| m.data.tags.clonefrom = true)
+        .memory(|m| m.clone_from_leader = true);
+    expect(
+        &tagged,
+        vec![CloneFrom {
+            member: "n1".into(),
+        }],
+        &["from leader (n1)"],
+    );
+    // The clone done, the request is forgotten.
+    let done = b()
+        .leader("n1")
+        .memory(|m| m.clone_from_leader = true)
+        .finished(TaskKind::Clone, true)
+        .run();
+    assert!(!done.memory.clone_from_leader);
 }

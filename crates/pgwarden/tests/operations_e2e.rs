@@ -317,6 +317,31 @@ async fn rest_actions_against_a_real_cluster() {
         })
         .await;
 
+    // A scheduled restart fires at its time: 202 now, a new postmaster later.
+    let before = cluster.nodes[replica_i].postmaster_pid();
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let (status, text) = rest(
+        &cluster,
+        &replica,
+        Method::POST,
+        "/restart",
+        Some(serde_json::json!({"schedule": at})),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (202, "Restart scheduled"));
+    let (_, doc) = rest(&cluster, &replica, Method::GET, "/patroni", None).await;
+    assert!(doc.contains("scheduled_restart"), "{doc}");
+    cluster
+        .wait_for("the scheduled restart", Duration::from_secs(60), || async {
+            let pid = cluster.nodes[replica_i].postmaster_pid();
+            (pid.is_some() && pid != before).then_some(())
+        })
+        .await;
+    assert!(
+        chrono::Utc::now() >= chrono::DateTime::parse_from_rfc3339(&at).unwrap(),
+        "the restart did not happen before its time"
+    );
+
     // A dynamic parameter change reaches PostgreSQL without a restart.
     let (status, text) = rest(
         &cluster,
