@@ -40,13 +40,16 @@ impl RestBackend {
 
 impl ApiBackend for RestBackend {
     fn status(&self) -> NodeStatus {
-        self.shared.status().unwrap_or_else(|| {
+        let mut status = self.shared.status().unwrap_or_else(|| {
             NodeStatus::starting(
                 &self.scope,
                 &self.name,
                 chrono::Utc::now().timestamp_millis(),
             )
-        })
+        });
+        // A restart scheduled since the last cycle shows at once.
+        status.scheduled_restart = self.shared.mailbox.scheduled_restart().map(|s| s.document);
+        status
     }
 
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterSnapshot, String>> {

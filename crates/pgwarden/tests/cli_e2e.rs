@@ -11,6 +11,7 @@ use std::time::Duration;
 use support::{Options, TestCluster};
 
 const READY: Duration = Duration::from_secs(90);
+const BIN: &str = env!("CARGO_BIN_EXE_pgwarden");
 
 struct Run {
     code: i32,
@@ -33,6 +34,37 @@ fn pgwarden(cluster: &TestCluster, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Runs pgwarden on a pseudo-terminal (`script`), typing `input`; returns what it printed.
+fn on_terminal(cluster: &TestCluster, args: &[&str], input: &str, env: &[(&str, &str)]) -> String {
+    use std::io::Write;
+    let mut command = format!("{} -c {}", BIN, cluster.nodes[0].config.display());
+    for a in args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .envs(env.iter().copied())
+        .env_remove("PGWARDEN_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running script");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 fn ok(cluster: &TestCluster, args: &[&str]) -> String {
@@ -127,6 +159,27 @@ async fn every_verb_against_a_real_cluster() {
         "--force",
     );
 
+    // On a terminal, edit-config opens $EDITOR, shows the diff and asks.
+    let editor = cluster.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/^maximum_lag_on_failover:.*/maximum_lag_on_failover: 3145728/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = on_terminal(
+        &cluster,
+        &["edit-config"],
+        "y\n",
+        &[("EDITOR", editor.to_str().unwrap())],
+    );
+    assert!(
+        out.contains("+maximum_lag_on_failover: 3145728")
+            && out.contains("Apply these changes?")
+            && out.contains("Configuration changed"),
+        "{out}"
+    );
+
     // Pause and resume.
     assert!(ok(&cluster, &["pause", "--wait"]).contains("Success: cluster management is paused"));
     assert!(ok(&cluster, &["list"]).contains(" Maintenance mode: on"));
@@ -172,6 +225,21 @@ async fn every_verb_against_a_real_cluster() {
     fails(&cluster, &["restart", "nosuch", "--force"], "not a member");
     fails(&cluster, &["restart", &replica], "--force");
     cluster.wait_ready(3, READY).await;
+
+    // On a terminal, a switchover asks for what is missing and for confirmation.
+    let prompted = on_terminal(&cluster, &["switchover"], &format!("\n{replica}\nn\n"), &[]);
+    assert!(
+        prompted.contains("Primary [")
+            && prompted.contains("Candidate")
+            && prompted.contains("Are you sure")
+            && prompted.contains("aborted"),
+        "{prompted}"
+    );
+    assert_eq!(
+        cluster.leader().await.as_deref(),
+        Some(leader.as_str()),
+        "answering no changes nothing"
+    );
 
     // Switchover, then history shows the new timeline.
     fails(
