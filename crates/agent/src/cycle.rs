@@ -326,6 +326,12 @@ impl Agent {
         }
 
         let local = self.pg.observe().await;
+        if local.postmaster_pid.is_none() {
+            // PostgreSQL is down (crashed, or stopped by the watchdog): nothing
+            // is left to fence, and what this cycle starts (pg_rewind's own
+            // postgres, a replica) must not be taken for a primary.
+            self.shared.set_acting_primary(false);
+        }
         let peers = match &view {
             DcsView::Available(snapshot) if needs_peer_reports(snapshot) => {
                 poll_peers(&self.api_client, snapshot, &self.config.name).await

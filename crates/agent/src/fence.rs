@@ -302,6 +302,11 @@ impl Shared {
 /// PostgreSQL's immediate shutdown (every backend exits at once), sent directly
 /// rather than through a pg_ctl process; pg_ctl then confirms the stop.
 async fn fence_postgres(pg: &Postgres) {
+    // Nothing runs (a watchdog or a crash stopped it): leave the data
+    // directory alone, it may already be in use by pg_rewind's own postgres.
+    if !pg.postmaster_alive() {
+        return;
+    }
     if let Some(pid) = pg.postmaster_pid() {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = nix::sys::signal::kill(
