@@ -709,6 +709,14 @@ impl Postgres {
         let s = self.settings();
         let owner = self.owner(&s)?;
         self.refuse_if_running(&s, "rewind")?;
+        // pg_rewind's single-user postgres refuses a postmaster.pid whose
+        // process still exists, and an unreaped zombie (a killed postmaster)
+        // does: the file is stale once its process is not live.
+        let pid_file = s.data_dir.join("postmaster.pid");
+        if pid_file.exists() {
+            warn!("removing stale {}", pid_file.display());
+            files::remove_file(&pid_file)?;
+        }
         self.write_pgpass(&s, owner)?;
         // A single-user postgres (pg_rewind's crash recovery) refuses to run
         // with standby.signal; the replica config is written afterwards.
