@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -91,19 +90,7 @@ async fn switchover_under_load_loses_nothing_and_needs_no_rewind() {
         stop.store(true, Ordering::SeqCst);
     };
     let (acknowledged, ()) = tokio::join!(write_until(&cluster, &stop), scenario);
-    let present: BTreeSet<i64> = cluster
-        .query_strings(&candidate, "select id::text from acked")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    let lost: Vec<_> = acknowledged.difference(&present).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost: {lost:?}",
-        lost.len()
-    );
+    support::assert_none_lost(&cluster, &candidate, &acknowledged).await;
 
     // The old primary streams from the new one, without pg_rewind, with every row.
     let old_i = cluster.index_of(&old);

@@ -546,3 +546,25 @@ pub async fn count_rows(cluster: &TestCluster, node: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Every acknowledged id is in `acked` on `node`.
+pub async fn assert_none_lost(
+    cluster: &TestCluster,
+    node: &str,
+    acknowledged: &std::collections::BTreeSet<i64>,
+) {
+    let present: std::collections::BTreeSet<i64> = cluster
+        .query_strings(node, "select id::text from acked")
+        .await
+        .expect("reading the acknowledged ids")
+        .iter()
+        .map(|v| v.parse().expect("an id"))
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost on {node}, e.g. {:?}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
+}
