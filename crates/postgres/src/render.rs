@@ -65,6 +65,9 @@ pub fn managed_parameters(settings: &PgSettings) -> BTreeMap<String, String> {
         ("max_replication_slots", "10"),
         ("max_connections", "100"),
         ("wal_keep_size", "128MB"),
+        // A replica whose upstream went away (failover, switchover) retries
+        // every 5 s by default; a new primary is usually there within one.
+        ("wal_retrieve_retry_interval", "1s"),
     ] {
         params
             .entry(key.to_string())
@@ -391,6 +394,7 @@ mod tests {
         assert_eq!(p["unix_socket_directories"], "/srv/pg");
         assert_eq!(p["wal_log_hints"], "on");
         assert_eq!(p["wal_keep_size"], "128MB");
+        assert_eq!(p["wal_retrieve_retry_interval"], "1s");
         assert!(!p.contains_key("primary_conninfo"));
     }
 
