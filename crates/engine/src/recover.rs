@@ -123,12 +123,17 @@ fn rejoin_former_primary(ctx: &Ctx<'_>, leader: &str) -> Option<Outcome> {
             ),
         ));
     }
+    // The new leader publishes its promotion in its member key a moment
+    // before the history line that says where its timeline forked: wait for
+    // it, it may spare a pg_rewind (or, without pg_rewind, a re-clone).
+    if fork == Fork::Unknown && leader_history_pending(ctx) {
+        return Some(Outcome::none(format!(
+            "waiting for leader ({leader}) to publish its timeline history"
+        )));
+    }
     if !cfg.use_pg_rewind {
         return match fork {
             Fork::After { .. } | Fork::SameTimeline => None,
-            Fork::Unknown if leader_history_pending(ctx) => Some(Outcome::none(format!(
-                "waiting for leader ({leader}) to publish its timeline history"
-            ))),
             Fork::Diverged { .. } | Fork::Unknown
                 if cfg.remove_data_directory_on_diverged_timelines =>
             {

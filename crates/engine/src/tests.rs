@@ -637,6 +637,13 @@ fn without_rewind_a_possibly_diverged_primary_stays_down_or_reclones() {
         vec![],
         &["waiting for leader (n1) to publish its timeline history"],
     );
+    // With pg_rewind too: the history may spare it.
+    let pending_rewind = pending.config(json!({"postgresql": {"use_pg_rewind": true}}));
+    expect(
+        &pending_rewind,
+        vec![],
+        &["to publish its timeline history"],
+    );
     // The leader never left my timeline: following is safe.
     let same = former_primary().member_mut("n1", |m| m.data.timeline = Some(1));
     expect(
