@@ -454,6 +454,17 @@ impl Postgres {
             return self.wait_ready(&s, wait, 0).await;
         }
         let pid_file = s.data_dir.join("postmaster.pid");
+        if let Some(stale) = files::read_pid_file(&s.data_dir) {
+            // A postmaster killed a moment ago may still be exiting (no longer
+            // a postgres by its command line, not yet a zombie): its socket
+            // lock would look live. Give it a moment to be gone.
+            for _ in 0..100 {
+                if !files::process_is_live(stale.pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         if pid_file.exists() {
             // Its process is gone (or is not a postgres of this directory); a
             // stale file with a reused pid would make postgres refuse to start.
