@@ -47,6 +47,12 @@ pub struct DemoArgs {
     /// Stop the cluster as soon as it is ready instead of waiting for Ctrl-C (for scripts and tests).
     #[arg(long)]
     exit_when_ready: bool,
+    /// Read-write port of the pgwarden proxy; read-only is the next port, metrics the one after.
+    #[arg(long, default_value_t = 16432)]
+    proxy_port: u16,
+    /// Do not start the proxy.
+    #[arg(long)]
+    no_proxy: bool,
 }
 
 struct Running {
@@ -60,11 +66,16 @@ struct Cluster {
     remove_dir: bool,
     etcd: Vec<Running>,
     agents: Vec<Running>,
+    proxy: Option<Running>,
     data_dirs: Vec<PathBuf>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(proxy) = &mut self.proxy {
+            let _ = nix::sys::signal::kill(pid_of(&proxy.child), nix::sys::signal::Signal::SIGTERM);
+            wait_or_kill(&mut proxy.child, Instant::now() + Duration::from_secs(5));
+        }
         for agent in &self.agents {
             let _ = nix::sys::signal::kill(pid_of(&agent.child), nix::sys::signal::Signal::SIGTERM);
         }
@@ -201,6 +212,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         remove_dir,
         etcd: Vec::new(),
         agents: Vec::new(),
+        proxy: None,
         data_dirs: Vec::new(),
     };
 
@@ -255,6 +267,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let snapshot = runtime.block_on(wait_until_ready(dcs.as_ref(), &mut cluster, &interrupted))?;
+    if !args.no_proxy {
+        step(&format!(
+            "starting the pgwarden proxy on 127.0.0.1:{} (read-write) and :{} (read-only)",
+            args.proxy_port,
+            args.proxy_port + 1
+        ));
+        cluster.proxy = Some(start_proxy(&args, &exe, &dir, &endpoints, &password)?);
+        runtime.block_on(wait_for_proxy(args.proxy_port, &password))?;
+    }
     println!();
     print_table(&snapshot);
     print_connection_strings(&args, &password);
@@ -502,6 +523,17 @@ fn print_connection_strings(args: &DemoArgs, password: &str) {
     for (i, port) in ports.iter().enumerate() {
         println!("  node{}: psql 'host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres'", i + 1);
     }
+    if !args.no_proxy {
+        let (rw, ro) = (args.proxy_port, args.proxy_port + 1);
+        println!("  through the pgwarden proxy (transaction pooling, follows the leader key):");
+        println!("    read-write: psql 'host=127.0.0.1 port={rw} user=postgres password={password} dbname=postgres'");
+        println!("    read-only:  psql 'host=127.0.0.1 port={ro} user=postgres password={password} dbname=postgres'");
+        println!("    console:    psql 'host=127.0.0.1 port={rw} user=postgres password={password} dbname=pgwarden' -c 'SHOW POOLS'");
+        println!(
+            "    metrics:    http://127.0.0.1:{}/metrics",
+            args.proxy_port + 2
+        );
+    }
     println!(
         "REST API: {}",
         (0..MEMBERS as u16)
@@ -509,6 +541,90 @@ fn print_connection_strings(args: &DemoArgs, password: &str) {
             .collect::<Vec<_>>()
             .join("  ")
     );
+}
+
+/// Writes the proxy's configuration and user list and starts it.
+fn start_proxy(
+    args: &DemoArgs,
+    exe: &Path,
+    dir: &Path,
+    endpoints: &[String],
+    password: &str,
+) -> anyhow::Result<Running> {
+    let users = dir.join("proxy-users.txt");
+    fs::write(&users, format!("\"postgres\" \"{password}\"\n"))?;
+    let hosts: String = endpoints.iter().map(|e| format!("\n    - {e}")).collect();
+    let config = dir.join("proxy.yml");
+    fs::write(
+        &config,
+        format!(
+            "scope: {SCOPE}
+namespace: /service/
+etcd3:
+  hosts:{hosts}
+proxy:
+  listen: 127.0.0.1:{rw}
+  listen_ro: 127.0.0.1:{ro}
+  metrics_listen: 127.0.0.1:{metrics}
+  pool_mode: transaction
+  default_pool_size: 20
+  auth_type: scram-sha-256
+  auth_file: {users}
+  admin_users: [postgres]
+",
+            rw = args.proxy_port,
+            ro = args.proxy_port + 1,
+            metrics = args.proxy_port + 2,
+            users = users.display(),
+        ),
+    )?;
+    let log = fs::File::create(dir.join("proxy.log"))?;
+    let child = Command::new(exe)
+        .arg("proxy")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the proxy")?;
+    Ok(Running {
+        name: "proxy".into(),
+        child,
+    })
+}
+
+/// Waits until a query through the proxy's read-write port reaches the primary.
+async fn wait_for_proxy(port: u16, password: &str) -> anyhow::Result<()> {
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres connect_timeout=2"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                match client
+                    .simple_query("select pg_is_in_recovery()::text")
+                    .await
+                {
+                    Ok(rows) => {
+                        let primary = rows.iter().any(|m| {
+                            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("false"))
+                        });
+                        if primary {
+                            println!("==> proxy ready: read-write port reaches the primary");
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the proxy did not answer within 30 s (last error: {last}); see proxy.log in the demo directory")
 }
 
 fn chown_postgres(dir: &Path) -> anyhow::Result<()> {

@@ -52,6 +52,19 @@ Example:\n  pgwarden validate /etc/pgwarden/node1.yml"
         #[arg(long)]
         print: bool,
     },
+    /// Run the proxy and connection pooler that follows the leader through etcd.
+    #[command(after_help = "Example:\n  pgwarden proxy /etc/pgwarden/proxy.yml\n\n\
+The file names the cluster like the agents' files (scope, namespace, etcd3.hosts) and holds the proxy's \
+settings under `proxy:` (see docs/proxy.md). The read-write port follows the leader key; the read-only \
+port balances over replicas. SIGHUP reloads the user list, TLS files and pool settings without dropping \
+clients. Connect to database `pgwarden` as an admin user for SHOW POOLS, PAUSE, RESUME, RELOAD.")]
+    Proxy {
+        /// Proxy configuration file.
+        config: PathBuf,
+        /// Check the file and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Start a whole cluster on this machine: 3 etcd members and 3 PostgreSQL nodes on loopback.
     Demo(demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent { config } => run_agent(config),
         Command::Validate { config, print } => validate(config, print),
+        Command::Proxy { config, check } => run_proxy(config, check),
         Command::Demo(args) => demo::run(args),
         Command::Completion { shell } => {
             use clap::CommandFactory;
@@ -155,20 +169,41 @@ fn run_agent(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        };
+        let shutdown = shutdown_signal();
         let reload_path = path.clone();
         let reload: pgwarden_agent::ReloadSource = std::sync::Arc::new(move || {
             pgwarden_config::load_path(&reload_path, &env_lookup).map_err(|e| e.to_string())
         });
         pgwarden_agent::run_with_reload(config, Some(reload), shutdown).await
+    })?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
+    let config = pgwarden_proxy::config::ProxyConfig::load(&path)?;
+    if check {
+        println!("{}: proxy configuration is valid", path.display());
+        return Ok(());
+    }
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_signal();
+        pgwarden_proxy::run(config, Some(path), shutdown).await
     })?;
     Ok(())
 }

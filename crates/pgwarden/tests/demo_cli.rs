@@ -34,6 +34,7 @@ fn demo_starts_a_ready_cluster_and_leaves_no_process_behind() {
     let pg = free_base(&[0, 1, 2]);
     let api = free_base(&[0, 1, 2]);
     let etcd = free_base(&[0, 1, 10, 11, 20, 21]);
+    let proxy = free_base(&[0, 1, 2]);
     let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["demo", "--exit-when-ready", "--dir"])
         .arg(&cluster_dir)
@@ -44,6 +45,8 @@ fn demo_starts_a_ready_cluster_and_leaves_no_process_behind() {
             &api.to_string(),
             "--etcd-port",
             &etcd.to_string(),
+            "--proxy-port",
+            &proxy.to_string(),
         ])
         .output()
         .unwrap();
@@ -53,6 +56,14 @@ fn demo_starts_a_ready_cluster_and_leaves_no_process_behind() {
     assert!(stdout.contains("cluster ready"), "{stdout}");
     assert!(
         stdout.contains("target_session_attrs=read-write"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("proxy ready: read-write port reaches the primary"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("read-write: psql 'host=127.0.0.1 port={proxy} ")),
         "{stdout}"
     );
     let leaders = stdout.lines().filter(|l| l.contains(" Leader ")).count();

@@ -487,6 +487,7 @@ postgresql:
   pg_hba:
     - local all all peer
     - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host all legacy 127.0.0.1/32 md5
     - host all all 127.0.0.1/32 scram-sha-256
 ",
         name = node.name,
