@@ -197,10 +197,19 @@ fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = match config.proxy.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
         pgwarden_proxy::run(config, Some(path), shutdown).await

@@ -459,7 +459,173 @@ async fn proxy_routes_authenticates_pools_and_rejects_bad_input() {
         metrics.contains(&format!("pgwarden_proxy_leader{{member=\"{leader}\"}} 1")),
         "{metrics}"
     );
+
+    // TLS towards clients, in session pooling: sslmode=require and
+    // verify-full work, a plain connection is refused.
+    let tls_dir = cluster.dir.path().join("tls");
+    make_certificates(&tls_dir);
+    let tls = start_proxy(
+        &cluster,
+        &userlist(&[("postgres", PASSWORD), ("app", &app)]),
+        &format!(
+            "  pool_mode: session\n  client_tls_sslmode: require\n  client_tls_cert_file: {dir}/server.pem\n  client_tls_key_file: {dir}/server.key\n",
+            dir = tls_dir.display()
+        ),
+    );
+    let psql = |conninfo: String| {
+        let out = Command::new("psql")
+            .arg(conninfo)
+            .args([
+                "-XAtc",
+                "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()",
+            ])
+            .env("PGPASSWORD", "app-pw")
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .expect("running psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = psql(format!(
+            "host=127.0.0.1 port={} user=app dbname=postgres sslmode=require",
+            tls.rw
+        ));
+        if ok {
+            // The proxy terminates TLS; its own server connection is plain.
+            assert_eq!(out, "false", "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sslmode=require through the proxy: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = psql(format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=app dbname=postgres sslmode=verify-full sslrootcert={}/ca.pem",
+        tls.rw,
+        tls_dir.display()
+    ));
+    assert!(ok, "sslmode=verify-full: {out}");
+    let (ok, out) = psql(format!(
+        "host=127.0.0.1 port={} user=app dbname=postgres sslmode=disable",
+        tls.rw
+    ));
+    assert!(
+        !ok && out.contains("TLS is required"),
+        "plain connection: {out}"
+    );
+    // Session pooling: a session's settings stay with it, and the server
+    // connection is reset (DISCARD ALL) before the next client gets it.
+    let dsn = |extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app-pw dbname=postgres sslmode=require {extra}",
+            tls.rw
+        )
+    };
+    let (ok, out) = psql(dsn(""));
+    assert!(ok, "{out}");
+    let session = Command::new("psql")
+        .arg(dsn(""))
+        .args([
+            "-XAt",
+            "-c",
+            "set work_mem = '7MB'",
+            "-c",
+            "select current_setting('work_mem') || ' ' || pg_backend_pid()",
+        ])
+        .output()
+        .unwrap();
+    let first = String::from_utf8_lossy(&session.stdout).to_string();
+    assert!(first.contains("7MB"), "{first}");
+    let backend = first.split_whitespace().last().unwrap().to_string();
+    let next = Command::new("psql")
+        .arg(dsn(""))
+        .args([
+            "-XAtc",
+            "select current_setting('work_mem') || ' ' || pg_backend_pid()",
+        ])
+        .output()
+        .unwrap();
+    let next = String::from_utf8_lossy(&next.stdout).to_string();
+    assert_eq!(
+        next.trim(),
+        format!("4MB {backend}"),
+        "the next session reuses the server connection, reset"
+    );
+    assert!(!tls.log().contains("panicked"), "{}", tls.log());
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1 (openssl CLI).
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pgwarden test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 async fn reqwest_text(port: u16) -> String {

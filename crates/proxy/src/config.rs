@@ -185,9 +185,14 @@ pub struct ProxySection {
     /// HTTP listener for `GET /metrics`.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Seconds between confirmations of the leader key when no watch event comes.
+    /// Milliseconds between confirmations of the leader key when no watch event comes.
     #[serde(default = "defaults::confirm_interval_ms")]
     pub confirm_interval_ms: u64,
+    /// Threads serving clients; 0 means one per CPU. 1 runs everything on
+    /// one thread (no cross-thread wake-ups), which is fastest when the
+    /// proxy shares a small machine with its clients or servers.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 mod defaults {

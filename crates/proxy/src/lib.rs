@@ -74,16 +74,25 @@ pub struct PoolKey {
 
 type ServerPool = Pool<ServerConn>;
 
+/// Where a checkout goes: the pool of one node for one user and database,
+/// resolved from one routing table. Sessions keep the last one and reuse it
+/// while the routing table is the same (no lookup per transaction).
+pub struct Target {
+    pub key: PoolKey,
+    pub pool: Arc<ServerPool>,
+    pub node: String,
+    /// Some(token) when routed to the leader: connections are fenced when
+    /// the routing's token differs.
+    pub fence_token: Option<i64>,
+    /// The routing table it was resolved from.
+    pub routing: Arc<Routing>,
+}
+
 /// A server connection held by a client.
 pub struct Checkout {
     pub conn: Pooled<ServerConn>,
     pub permit: OwnedSemaphorePermit,
-    pub pool: Arc<ServerPool>,
-    pub key: PoolKey,
-    pub node: String,
-    /// Some(token) when routed to the leader: the connection is fenced when
-    /// the routing's token differs.
-    pub fence_token: Option<i64>,
+    pub target: Arc<Target>,
     /// Read buffer of the forwarding loop, kept with the connection so idle
     /// clients own none.
     pub read_buf: BytesMut,
@@ -92,10 +101,14 @@ pub struct Checkout {
 }
 
 impl Checkout {
+    pub fn node(&self) -> &str {
+        &self.target.node
+    }
+
     pub fn is_fenced(&self, routing: &Routing) -> bool {
-        match self.fence_token {
+        match self.target.fence_token {
             Some(token) => match &routing.leader {
-                Some(l) => l.token != token || l.node.address != self.key.address,
+                Some(l) => l.token != token || l.node.address != self.target.key.address,
                 None => true,
             },
             None => false,
@@ -378,23 +391,21 @@ impl Shared {
         }
     }
 
-    /// A server connection for a client: waits while a switchover is under
-    /// way, the console paused the proxy, or no node qualifies, at most
-    /// `query_wait_timeout` in all.
-    pub async fn checkout(
+    /// Where the next transaction goes: waits while a switchover is under
+    /// way, the console paused the proxy, or no node qualifies, until
+    /// `deadline` (from `query_wait_timeout`).
+    pub async fn resolve(
         &self,
         port: Port,
         user: &str,
         database: &str,
-        credential: &ServerCredential,
         routing: &mut watch::Receiver<Arc<Routing>>,
-    ) -> Result<Checkout, SessionEnd> {
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Target>, SessionEnd> {
         let config = self.config();
-        let wait = config.query_wait_timeout();
-        let deadline = tokio::time::Instant::now() + wait;
         let mut paused = self.paused.subscribe();
         let mut counted_hold = false;
-        let (node, address, fence_token) = loop {
+        let (current, (node, address, fence_token)) = loop {
             let current = routing.borrow_and_update().clone();
             let is_paused = *paused.borrow_and_update();
             let target = if is_paused {
@@ -404,7 +415,7 @@ impl Shared {
             };
             let held = current.switchover_pending && port == Port::ReadWrite;
             if let (Some(t), false) = (target, held) {
-                break t;
+                break (current, t);
             }
             if !counted_hold {
                 counted_hold = true;
@@ -430,12 +441,39 @@ impl Shared {
         };
         let key = PoolKey {
             node: node.clone(),
-            address: address.clone(),
+            address,
             token: fence_token.unwrap_or(0),
             user: user.to_string(),
             database: database.to_string(),
         };
         let pool = self.pool(&key, &config);
+        Ok(Arc::new(Target {
+            key,
+            pool,
+            node,
+            fence_token,
+            routing: current,
+        }))
+    }
+
+    /// Whether a resolved target can take the next transaction as is: same
+    /// routing table, not paused, no switchover pending, pool open.
+    pub fn still_valid(&self, target: &Target, routing: &watch::Receiver<Arc<Routing>>) -> bool {
+        Arc::ptr_eq(&target.routing, &routing.borrow())
+            && !*self.paused.borrow()
+            && !target.routing.switchover_pending
+            && !target.pool.is_closed()
+    }
+
+    /// A server connection of `target` (waiting for a free one until `deadline`).
+    pub async fn checkout(
+        &self,
+        target: Arc<Target>,
+        credential: &ServerCredential,
+        deadline: tokio::time::Instant,
+    ) -> Result<Checkout, SessionEnd> {
+        let config = self.config();
+        let pool = &target.pool;
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let slot = pool
@@ -447,7 +485,7 @@ impl Shared {
                 }
                 PoolError::Closed => SessionEnd::Fatal {
                     code: "57P01",
-                    message: format!("server {node} stopped being a routing target"),
+                    message: format!("server {} stopped being a routing target", target.node),
                 },
             })?;
         let waited = started.elapsed();
@@ -458,16 +496,17 @@ impl Shared {
         let conn = match slot.idle {
             Some(c) => c,
             None => {
-                let db_permit = self.db_permit(&key, &config, deadline).await?;
+                let key = &target.key;
+                let db_permit = self.db_permit(key, &config, deadline).await?;
                 let credential = match credential {
                     ServerCredential::None => self
                         .lock_learned()
-                        .get(user)
+                        .get(&key.user)
                         .cloned()
                         .unwrap_or(ServerCredential::None),
                     c => c.clone(),
                 };
-                match self.open_server(&key, &credential, &config).await {
+                match self.open_server(key, &credential, &config).await {
                     Ok(c) => {
                         pool.note_opened();
                         Metrics::add(&self.metrics.server_connects, 1);
@@ -490,10 +529,7 @@ impl Shared {
         Ok(Checkout {
             conn,
             permit: slot.permit,
-            pool,
-            key,
-            node,
-            fence_token,
+            target,
             read_buf: BytesMut::new(),
             added_statements: false,
         })
@@ -598,10 +634,11 @@ impl Shared {
         let Checkout {
             conn,
             permit,
-            pool,
+            target,
             read_buf,
             ..
         } = checkout;
+        let pool = &target.pool;
         drop(read_buf);
         let to_close = if reusable {
             pool.release(conn, Instant::now())

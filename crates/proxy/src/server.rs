@@ -77,6 +77,9 @@ pub struct ServerConn {
     /// A batch with statements prepared on this connection failed: which of
     /// them exist is unknown, so they are deallocated before reuse.
     pub prepared_uncertain: bool,
+    /// Cached [`settings_fingerprint`] of `params` and `applied`; `None`
+    /// after any change to them.
+    pub fingerprint: Option<u64>,
 }
 
 /// Options of a new server connection.
@@ -129,6 +132,7 @@ async fn connect_inner(opts: ConnectOptions<'_>) -> Result<ServerConn, ServerErr
         applied: BTreeMap::new(),
         prepared: HashSet::new(),
         prepared_uncertain: false,
+        fingerprint: None,
     };
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramClient> = None;
@@ -306,7 +310,37 @@ pub async fn read_frame(
     }
 }
 
+/// An order-independent digest of session settings: equal digests mean the
+/// same settings, so a checkout can skip comparing them one by one.
+pub fn settings_fingerprint<'a>(entries: impl Iterator<Item = (&'a String, &'a String)>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    entries.fold(0u64, |acc, (k, v)| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        k.hash(&mut h);
+        v.hash(&mut h);
+        acc.wrapping_add(h.finish())
+    })
+}
+
 impl ServerConn {
+    /// The fingerprint of what the server's session is set to (reported
+    /// parameters, plus settings applied that it does not report).
+    pub fn fingerprint(&mut self) -> u64 {
+        if let Some(f) = self.fingerprint {
+            return f;
+        }
+        let params = &self.params;
+        let f = settings_fingerprint(
+            params.iter().chain(
+                self.applied
+                    .iter()
+                    .filter(|(k, _)| !params.contains_key(*k)),
+            ),
+        );
+        self.fingerprint = Some(f);
+        f
+    }
+
     /// Runs a simple query whose results nobody sees (SET, DISCARD ALL,
     /// DEALLOCATE ALL), tracking reported parameters. `Ok(Some(fields))` when
     /// the server answered with an error.
@@ -331,6 +365,7 @@ impl ServerConn {
                         BackendMessage::decode(tag, &body)
                     {
                         self.params.insert(name, value);
+                        self.fingerprint = None;
                     }
                 }
                 b'E' => {

@@ -216,6 +216,8 @@ async fn run(
         statements: ClientStatements::default(),
         routing: shared.routing.clone(),
         held: None,
+        target: None,
+        fingerprint: None,
     };
     for (k, v) in startup.settings {
         session.client_params.insert(k, v);
@@ -371,6 +373,10 @@ struct Session {
     routing: tokio::sync::watch::Receiver<Arc<crate::routing::Routing>>,
     /// The server connection the client holds, if any.
     held: Option<Checkout>,
+    /// Where its last transaction went.
+    target: Option<Arc<crate::Target>>,
+    /// Cached fingerprint of `client_params` (`None` after a change).
+    fingerprint: Option<u64>,
 }
 
 impl Session {
@@ -399,15 +405,33 @@ impl Session {
     }
 
     async fn checkout(&mut self) -> Result<Checkout, SessionEnd> {
+        let deadline = tokio::time::Instant::now() + self.shared.config().query_wait_timeout();
+        // Read-only targets are re-resolved every time (least connections).
+        let reusable = self.port == Port::ReadWrite
+            && self
+                .target
+                .as_ref()
+                .is_some_and(|t| self.shared.still_valid(t, &self.routing));
+        let target = match (&self.target, reusable) {
+            (Some(t), true) => t.clone(),
+            _ => {
+                let t = self
+                    .shared
+                    .resolve(
+                        self.port,
+                        &self.user,
+                        &self.database,
+                        &mut self.routing,
+                        deadline,
+                    )
+                    .await?;
+                self.target = Some(t.clone());
+                t
+            }
+        };
         let checkout = self
             .shared
-            .checkout(
-                self.port,
-                &self.user,
-                &self.database,
-                &self.credential,
-                &mut self.routing,
-            )
+            .checkout(target, &self.credential, deadline)
             .await?;
         self.entry.set_server(Some(&checkout));
         Ok(checkout)
@@ -424,6 +448,15 @@ impl Session {
         at_login: bool,
     ) -> Result<(), SessionEnd> {
         let server = &mut checkout.conn.conn;
+        if !at_login {
+            let mine = *self.fingerprint.get_or_insert_with(|| {
+                crate::server::settings_fingerprint(self.client_params.iter())
+            });
+            if server.fingerprint() == mine {
+                return Ok(());
+            }
+        }
+        self.fingerprint = None;
         // set_config() takes the value as text, exactly like `-c name=value`
         // in the startup packet (a list stays a list: SET would quote it
         // into one element).
@@ -440,6 +473,7 @@ impl Session {
                     quote_literal(value)
                 ));
                 server.applied.insert(name.clone(), value.clone());
+                server.fingerprint = None;
             }
         }
         let mut sql = if sets.is_empty() {
@@ -456,6 +490,7 @@ impl Session {
         for name in stale {
             sql.push_str(&format!("RESET {name};"));
             server.applied.remove(&name);
+            server.fingerprint = None;
         }
         if !sql.is_empty() {
             match server.run_hidden(&sql).await {
@@ -515,6 +550,7 @@ impl Session {
             if !reset.is_empty() {
                 reusable = matches!(server.run_hidden(&reset).await, Ok(None));
                 server.applied.clear();
+                server.fingerprint = None;
                 server.prepared.clear();
             }
         }
@@ -553,7 +589,7 @@ impl Session {
                             changed = routing.changed() => {
                                 if changed.is_ok() && held.is_fenced(&routing.borrow_and_update()) {
                                     Metrics::add(&metrics.fenced_connections, 1);
-                                    return Err(fenced_end(&held.node));
+                                    return Err(fenced_end(held.node()));
                                 }
                             }
                             read = stream.read_buf(&mut cbuf) => break read,
@@ -634,7 +670,7 @@ impl Session {
         let mut scanner = FrameScanner::new(crate::server::MAX_SERVER_MESSAGE);
         if checkout.is_fenced(&routing.borrow_and_update()) {
             Metrics::add(&metrics.fenced_connections, 1);
-            return Err(fenced_end(&checkout.node));
+            return Err(fenced_end(checkout.node()));
         }
         let mut sbuf = std::mem::take(&mut checkout.read_buf);
         let result = loop {
@@ -702,7 +738,7 @@ impl Session {
                     let current = routing.borrow_and_update().clone();
                     if checkout.is_fenced(&current) {
                         Metrics::add(&metrics.fenced_connections, 1);
-                        break Err(fenced_end(&checkout.node));
+                        break Err(fenced_end(checkout.node()));
                     }
                 }
                 read = server.stream.read_buf(&mut sbuf) => {
@@ -715,6 +751,7 @@ impl Session {
                     let mut ready = 0u32;
                     let mut last_status = None;
                     let mut error = false;
+                    let mut params_changed = false;
                     let params = &mut server.params;
                     let client_params = &mut self.client_params;
                     let scan = scanner.feed(
@@ -733,6 +770,7 @@ impl Session {
                                     {
                                         client_params.insert(name.clone(), value.clone());
                                         params.insert(name, value);
+                                        params_changed = true;
                                     }
                                 }
                                 _ => {}
@@ -742,6 +780,10 @@ impl Session {
                     );
                     if let Err(e) = scan {
                         break Err(SessionEnd::Fatal { code: "08P01", message: format!("server {}: {e}", server.address) });
+                    }
+                    if params_changed {
+                        server.fingerprint = None;
+                        self.fingerprint = None;
                     }
                     if error && checkout.added_statements {
                         server.prepared_uncertain = true;

@@ -105,6 +105,9 @@ pub fn rewrite_batch(
     max_message: usize,
 ) -> Result<Rewrite, WireError> {
     let mut rw = Rewrite::default();
+    if let Some(fast) = pass_through(input, track_statements, max_message)? {
+        return Ok(fast);
+    }
     let mut open = false;
     while let Some((tag, body)) = split_frame(input, max_message)? {
         match tag {
@@ -132,6 +135,61 @@ pub fn rewrite_batch(
     }
     rw.open_extended = open;
     Ok(rw)
+}
+
+/// The common case without a copy: no message needs rewriting (no named
+/// statement, no Terminate), so the complete frames are split off as they
+/// are. `None` when the slow path must run.
+fn pass_through(
+    input: &mut BytesMut,
+    track_statements: bool,
+    max_message: usize,
+) -> Result<Option<Rewrite>, WireError> {
+    let mut pos = 0;
+    let mut syncs = 0;
+    let mut open = false;
+    while let Some(h) = pgwarden_wire::frame::parse_header(&input[pos..], max_message)? {
+        if input.len() - pos < h.frame_len() {
+            break;
+        }
+        match h.tag {
+            tag::TERMINATE => return Ok(None),
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE if track_statements => {
+                // Unnamed statements need no rewriting: the name is the
+                // first string of Parse and the second of Bind.
+                let body = &input[pos + 5..pos + h.frame_len()];
+                let named = match h.tag {
+                    tag::PARSE => body.first() != Some(&0),
+                    tag::BIND => {
+                        let portal_end = body.iter().position(|b| *b == 0);
+                        portal_end.is_none_or(|e| body.get(e + 1) != Some(&0))
+                    }
+                    // Describe/Close: kind byte, then the name.
+                    _ => body.first() != Some(&b'P') && body.get(1) != Some(&0),
+                };
+                if named {
+                    return Ok(None);
+                }
+                open = true;
+            }
+            tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
+                syncs += 1;
+                open = false;
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE | tag::FLUSH => {
+                open = true
+            }
+            _ => {}
+        }
+        pos += h.frame_len();
+    }
+    Ok(Some(Rewrite {
+        out: input.split_to(pos),
+        prepare_first: Vec::new(),
+        syncs,
+        open_extended: open,
+        terminate: false,
+    }))
 }
 
 fn put_raw(out: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -359,6 +417,36 @@ mod tests {
             decode_all(rw.out),
             vec![FrontendMessage::Query("select 1".into())]
         );
+    }
+
+    #[test]
+    fn unnamed_statements_and_simple_queries_pass_through_unchanged() {
+        let mut client = ClientStatements::default();
+        let mut server = HashSet::new();
+        let msgs = [
+            parse("", "select $1"),
+            bind(""),
+            FrontendMessage::Describe {
+                target: Target::Portal,
+                name: String::new(),
+            },
+            FrontendMessage::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            },
+            FrontendMessage::Sync,
+            FrontendMessage::Query("select 1".into()),
+            parse("", "select 2"),
+        ];
+        let bytes = encode(&msgs);
+        let mut input = bytes.clone();
+        input.extend_from_slice(b"Q\0\0"); // a partial frame stays behind
+        let rw =
+            rewrite_batch(&mut input, &mut client, &mut server, true, MAX_MESSAGE_LEN).unwrap();
+        assert_eq!(rw.out, bytes);
+        assert_eq!(&input[..], b"Q\0\0");
+        assert_eq!((rw.syncs, rw.open_extended), (2, true));
+        assert!(server.is_empty() && client.is_empty());
     }
 
     #[test]
