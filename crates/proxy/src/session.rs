@@ -146,38 +146,43 @@ async fn run(
     port: Port,
 ) -> Result<(), SessionEnd> {
     let mut buf = BytesMut::new();
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, async {
-        let Some(startup) = startup_phase(shared, stream, &mut buf).await? else {
-            return Ok(None);
-        };
-        let config = shared.config();
-        if shared.client_count.load(Ordering::Relaxed) >= config.proxy.max_client_conn {
-            Metrics::add(&shared.metrics.clients_refused, 1);
-            return Err(SessionEnd::Fatal {
-                code: "53300",
-                message: format!(
-                    "no more connections allowed: max_client_conn ({}) reached",
-                    config.proxy.max_client_conn
-                ),
-            });
-        }
-        let secret = shared.secret_of(&startup.user).await;
-        let credential = crate::auth::authenticate(
-            stream,
-            &mut buf,
-            config.proxy.auth_type,
-            &startup.user,
-            secret,
-            |password| shared.cached_verifier(&startup.user, password),
-        )
-        .await
-        .inspect_err(|e| {
-            if matches!(e, SessionEnd::Fatal { code: "28P01", .. }) {
-                Metrics::add(&shared.metrics.auth_failures, 1);
+    // Boxed: the login's state is freed once it is over, so an idle
+    // client's task stays small (see docs/proxy.md, memory per client).
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        Box::pin(async {
+            let Some(startup) = startup_phase(shared, stream, &mut buf).await? else {
+                return Ok(None);
+            };
+            let config = shared.config();
+            if shared.client_count.load(Ordering::Relaxed) >= config.proxy.max_client_conn {
+                Metrics::add(&shared.metrics.clients_refused, 1);
+                return Err(SessionEnd::Fatal {
+                    code: "53300",
+                    message: format!(
+                        "no more connections allowed: max_client_conn ({}) reached",
+                        config.proxy.max_client_conn
+                    ),
+                });
             }
-        })?;
-        Ok(Some((startup, credential)))
-    })
+            let secret = shared.secret_of(&startup.user).await;
+            let credential = crate::auth::authenticate(
+                stream,
+                &mut buf,
+                config.proxy.auth_type,
+                &startup.user,
+                secret,
+                |password| shared.cached_verifier(&startup.user, password),
+            )
+            .await
+            .inspect_err(|e| {
+                if matches!(e, SessionEnd::Fatal { code: "28P01", .. }) {
+                    Metrics::add(&shared.metrics.auth_failures, 1);
+                }
+            })?;
+            Ok(Some((startup, credential)))
+        }),
+    )
     .await
     .map_err(|_| SessionEnd::Fatal {
         code: "08P01",
@@ -191,7 +196,7 @@ async fn run(
     let _counted = shared.count_client();
 
     if startup.database == crate::admin::ADMIN_DATABASE {
-        return crate::admin::serve(shared, stream, &mut buf, &startup.user).await;
+        return Box::pin(crate::admin::serve(shared, stream, &mut buf, &startup.user)).await;
     }
     let entry = shared.register_client(
         &startup.user,
@@ -222,7 +227,7 @@ async fn run(
     for (k, v) in startup.settings {
         session.client_params.insert(k, v);
     }
-    session.login(stream).await?;
+    Box::pin(session.login(stream)).await?;
     session.forward(stream, buf).await
 }
 
@@ -567,7 +572,7 @@ impl Session {
         let transaction_mode = self.mode == PoolMode::Transaction;
         if transaction_mode {
             if let Some(c) = self.held.take() {
-                self.release(c, true, false).await;
+                Box::pin(self.release(c, true, false)).await;
             }
         }
         let metrics = self.shared.metrics.clone();
@@ -599,7 +604,7 @@ impl Session {
                 };
                 let n = read.map_err(|_| SessionEnd::Gone)?;
                 if n == 0 {
-                    return self.client_gone(None).await;
+                    return Box::pin(self.client_gone(None)).await;
                 }
                 Metrics::add(&metrics.bytes_from_clients, n as u64);
                 continue;
@@ -610,9 +615,9 @@ impl Session {
             let mut checkout = match self.held.take() {
                 Some(c) => c,
                 None => {
-                    let mut c = self.checkout().await?;
+                    let mut c = Box::pin(self.checkout()).await?;
                     let mut out = BytesMut::new();
-                    self.sync_params(&mut c, &mut out, false).await?;
+                    Box::pin(self.sync_params(&mut c, &mut out, false)).await?;
                     if !out.is_empty() {
                         stream.write_all(&out).await.map_err(|_| SessionEnd::Gone)?;
                     }
@@ -622,30 +627,29 @@ impl Session {
                     c
                 }
             };
-            let outcome = self
-                .exchange(
-                    stream,
-                    &mut cbuf,
-                    &mut checkout,
-                    &mut routing,
-                    transaction_mode,
-                )
-                .await;
+            let outcome = Box::pin(self.exchange(
+                stream,
+                &mut cbuf,
+                &mut checkout,
+                &mut routing,
+                transaction_mode,
+            ))
+            .await;
             match outcome {
                 Ok(Exchange::Idle) => {
                     if transaction_mode {
-                        self.release(checkout, true, false).await;
+                        Box::pin(self.release(checkout, true, false)).await;
                     } else {
                         self.held = Some(checkout);
                     }
                 }
                 Ok(Exchange::ClientLeft { clean }) => {
-                    self.release(checkout, clean, true).await;
+                    Box::pin(self.release(checkout, clean, true)).await;
                     return Ok(());
                 }
                 Err(end) => {
                     self.entry.set_server(None);
-                    self.shared.release(checkout, false).await;
+                    Box::pin(self.shared.release(checkout, false)).await;
                     return Err(end);
                 }
             }
