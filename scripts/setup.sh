@@ -16,7 +16,7 @@ need_root() {
   fi
 }
 
-packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config haproxy python3-venv)
+packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config haproxy python3-venv openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
