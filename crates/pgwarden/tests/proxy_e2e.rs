@@ -559,7 +559,41 @@ async fn proxy_routes_authenticates_pools_and_rejects_bad_input() {
         "the next session reuses the server connection, reset"
     );
     assert!(!tls.log().contains("panicked"), "{}", tls.log());
+
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+    // The other proxies' server connections go away with them.
+    drop((tls, proxy));
+
+    // max_db_connections 1: two users of one database share one server
+    // connection slot; the idle one of the other user's pool makes room.
+    // min_pool_size never pushes past it.
+    let limited = start_proxy(
+        &cluster,
+        &userlist(&[("postgres", PASSWORD), ("app", &app), ("legacy", &legacy)]),
+        "  auth_type: md5\n  default_pool_size: 1\n  max_db_connections: 1\n  min_pool_size: 1\n",
+    );
+    let app_client = connect_eventually(&limited.dsn(limited.rw, "app", "app-pw", "")).await;
+    let legacy_client = connect(&limited.dsn(limited.rw, "legacy", "legacy-pw", ""))
+        .await
+        .expect("legacy gets the slot app's idle connection held");
+    for _ in 0..3 {
+        assert_eq!(one(&app_client, "select current_user").await, "app");
+        assert_eq!(one(&legacy_client, "select current_user").await, "legacy");
+    }
+    let count_backends = || async {
+        let rows = cluster
+            .query_strings(
+                &leader,
+                "select count(*)::text from pg_stat_activity where usename in ('app', 'legacy') and datname = 'postgres'",
+            )
+            .await
+            .unwrap();
+        rows[0].parse::<u32>().unwrap()
+    };
+    // Give the janitor (min_pool_size) two rounds to try to exceed the limit.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(count_backends().await, 1, "max_db_connections 1 holds");
+    assert!(!limited.log().contains("panicked"), "{}", limited.log());
 }
 
 /// A CA and a server certificate for localhost/127.0.0.1 (openssl CLI).

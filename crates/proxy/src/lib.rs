@@ -589,6 +589,22 @@ impl Shared {
         p
     }
 
+    /// The `max_db_connections` semaphore of (node, database), if limited.
+    fn db_semaphore(&self, key: &PoolKey, config: &ProxyConfig) -> Option<Arc<Semaphore>> {
+        let limit = config.proxy.max_db_connections;
+        if limit == 0 {
+            return None;
+        }
+        Some(
+            self.db_limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((key.address.clone(), key.database.clone()))
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone(),
+        )
+    }
+
     /// A permit of `max_db_connections` for (node, database), closing an idle
     /// connection of another user's pool when that frees one.
     async fn db_permit(
@@ -597,17 +613,9 @@ impl Shared {
         config: &ProxyConfig,
         deadline: tokio::time::Instant,
     ) -> Result<Option<OwnedSemaphorePermit>, SessionEnd> {
-        let limit = config.proxy.max_db_connections;
-        if limit == 0 {
+        let Some(sem) = self.db_semaphore(key, config) else {
             return Ok(None);
-        }
-        let sem = self
-            .db_limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((key.address.clone(), key.database.clone()))
-            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-            .clone();
+        };
         if let Ok(p) = sem.clone().try_acquire_owned() {
             return Ok(Some(p));
         }
@@ -747,12 +755,20 @@ impl Shared {
             let Some(permit) = pool.try_slot() else {
                 return;
             };
+            // min_pool_size never pushes past max_db_connections.
+            let db_permit = match self.db_semaphore(key, &config) {
+                None => None,
+                Some(sem) => match sem.try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+            };
             match self.open_server(key, &credential, &config).await {
                 Ok(c) => {
                     pool.note_opened();
                     Metrics::add(&self.metrics.server_connects, 1);
                     if let Some(c) =
-                        pool.release(Pooled::new(c, Instant::now(), None), Instant::now())
+                        pool.release(Pooled::new(c, Instant::now(), db_permit), Instant::now())
                     {
                         tokio::spawn(c.conn.terminate());
                     }
