@@ -45,6 +45,11 @@ use crate::routing::Routing;
 use crate::server::{ServerConn, ServerCredential};
 use crate::session::SessionEnd;
 
+/// Spare client read buffers kept at most (each about `session::READ_CHUNK`).
+const MAX_SPARE_BUFFERS: usize = 128;
+/// Larger buffers (grown by a big message) are freed, not kept.
+const MAX_SPARE_BUFFER_SIZE: usize = 64 * 1024;
+
 /// Which listener a client came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Port {
@@ -93,9 +98,6 @@ pub struct Checkout {
     pub conn: Pooled<ServerConn>,
     pub permit: OwnedSemaphorePermit,
     pub target: Arc<Target>,
-    /// Read buffer of the forwarding loop, kept with the connection so idle
-    /// clients own none.
-    pub read_buf: BytesMut,
     /// Statements were created on the server during this checkout.
     pub added_statements: bool,
 }
@@ -126,15 +128,17 @@ pub struct ClientEntry {
     pub port: Port,
     pub tls: bool,
     pub connected_at: SystemTime,
-    /// The server connection it holds: address, backend pid and key.
-    pub server: Mutex<Option<(String, i32, i32)>>,
+    /// The server connection it holds: its target (whose address it is),
+    /// backend pid and key. Set and cleared on every transaction, so it
+    /// shares the target rather than copying the address.
+    pub server: Mutex<Option<(Arc<Target>, i32, i32)>>,
 }
 
 impl ClientEntry {
     pub fn set_server(&self, checkout: Option<&Checkout>) {
         let value = checkout.map(|c| {
             (
-                c.conn.conn.address.clone(),
+                c.target.clone(),
                 c.conn.conn.process_id,
                 c.conn.conn.secret_key,
             )
@@ -142,11 +146,13 @@ impl ClientEntry {
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = value;
     }
 
+    /// Address, backend pid and key of the server connection it holds.
     pub fn server(&self) -> Option<(String, i32, i32)> {
         self.server
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(t, pid, key)| (t.key.address.clone(), *pid, *key))
     }
 }
 
@@ -186,6 +192,8 @@ pub struct Shared {
     /// SCRAM verifiers derived from plain passwords (PBKDF2 runs once per user).
     verifiers: Mutex<HashMap<String, (String, ScramVerifier)>>,
     clients: Mutex<HashMap<(i32, i32), Arc<ClientEntry>>>,
+    /// Client read buffers of clients gone idle, for the next active one.
+    spare_buffers: Mutex<Vec<BytesMut>>,
     pub client_count: AtomicUsize,
     pub metrics: Arc<Metrics>,
     /// Admin PAUSE: new checkouts wait.
@@ -233,6 +241,7 @@ impl Shared {
             learned: Mutex::new(HashMap::new()),
             verifiers: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            spare_buffers: Mutex::new(Vec::new()),
             client_count: AtomicUsize::new(0),
             metrics,
             paused: watch::channel(false).0,
@@ -465,6 +474,38 @@ impl Shared {
             && !target.pool.is_closed()
     }
 
+    /// An idle connection of `target` if one can be had without waiting or
+    /// connecting: the common case of a transaction, taken without any
+    /// timer or await (the caller falls back to [`Shared::checkout`]).
+    pub fn try_checkout(&self, target: &Arc<Target>) -> Option<Checkout> {
+        let (permit, conn) = target.pool.try_take_idle(Instant::now())?;
+        Some(Checkout {
+            conn,
+            permit,
+            target: target.clone(),
+            added_statements: false,
+        })
+    }
+
+    /// A client read buffer: a spare one when there is one, so a transaction
+    /// does not allocate one (idle clients hand theirs back).
+    pub fn take_buffer(&self) -> BytesMut {
+        self.lock_spares().pop().unwrap_or_default()
+    }
+
+    /// Keeps an emptied client read buffer for the next transaction; at most
+    /// [`MAX_SPARE_BUFFERS`] of ordinary size are kept, the rest are freed.
+    pub fn give_buffer(&self, mut buf: BytesMut) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_SPARE_BUFFER_SIZE {
+            return;
+        }
+        buf.clear();
+        let mut spares = self.lock_spares();
+        if spares.len() < MAX_SPARE_BUFFERS {
+            spares.push(buf);
+        }
+    }
+
     /// A server connection of `target` (waiting for a free one until `deadline`).
     pub async fn checkout(
         &self,
@@ -530,7 +571,6 @@ impl Shared {
             conn,
             permit: slot.permit,
             target,
-            read_buf: BytesMut::new(),
             added_statements: false,
         })
     }
@@ -638,16 +678,14 @@ impl Shared {
     }
 
     /// Takes a connection back from a client.
-    pub async fn release(&self, checkout: Checkout, reusable: bool) {
+    pub fn release(&self, checkout: Checkout, reusable: bool) {
         let Checkout {
             conn,
             permit,
             target,
-            read_buf,
             ..
         } = checkout;
         let pool = &target.pool;
-        drop(read_buf);
         let to_close = if reusable {
             pool.release(conn, Instant::now())
         } else {
@@ -829,6 +867,10 @@ impl Shared {
 
     fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<ServerPool>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_spares(&self) -> std::sync::MutexGuard<'_, Vec<BytesMut>> {
+        self.spare_buffers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Arc<ClientEntry>>> {

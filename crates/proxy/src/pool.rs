@@ -130,6 +130,15 @@ impl<C> Pool<C> {
         Ok(Slot { permit, idle })
     }
 
+    /// A slot and an idle connection at once, if both are there: no waiting,
+    /// no timer. `None` when the caller must wait or connect
+    /// ([`Pool::acquire`]); a permit is never held on to then.
+    pub fn try_take_idle(&self, now: Instant) -> Option<(OwnedSemaphorePermit, Pooled<C>)> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let idle = self.take_idle(now)?;
+        Some((permit, idle))
+    }
+
     /// The most recently used idle connection still within its lifetime;
     /// expired ones met on the way are dropped.
     fn take_idle(&self, now: Instant) -> Option<Pooled<C>> {

@@ -80,6 +80,9 @@ pub struct ServerConn {
     /// Cached [`settings_fingerprint`] of `params` and `applied`; `None`
     /// after any change to them.
     pub fingerprint: Option<u64>,
+    /// Read buffer of the forwarding loop. It stays with the connection, so
+    /// a checkout allocates none and idle clients own none.
+    pub read_buf: BytesMut,
 }
 
 /// Options of a new server connection.
@@ -133,6 +136,7 @@ async fn connect_inner(opts: ConnectOptions<'_>) -> Result<ServerConn, ServerErr
         prepared: HashSet::new(),
         prepared_uncertain: false,
         fingerprint: None,
+        read_buf: BytesMut::new(),
     };
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramClient> = None;

@@ -35,7 +35,10 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message accepted from a client.
 pub const MAX_CLIENT_MESSAGE: usize = pgwarden_wire::MAX_MESSAGE_LEN;
 /// Read size of the forwarding loop.
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
+/// A server read buffer grown beyond this (by a large message) is not kept
+/// with the connection.
+const MAX_KEPT_READ_BUF: usize = 64 * 1024;
 
 /// Parameters a server reports that depend on the server, not on the session:
 /// never SET, but re-announced to the client when it moves to another node.
@@ -409,6 +412,22 @@ impl Session {
         Ok(())
     }
 
+    /// The checkout of most transactions: the target of the last one is
+    /// still valid and its pool has an idle connection, so no lookup, no
+    /// timer and no await. Read-only clients are re-balanced every time.
+    fn checkout_now(&mut self) -> Option<Checkout> {
+        if self.port != Port::ReadWrite {
+            return None;
+        }
+        let target = self
+            .target
+            .as_ref()
+            .filter(|t| self.shared.still_valid(t, &self.routing))?;
+        let checkout = self.shared.try_checkout(target)?;
+        self.entry.set_server(Some(&checkout));
+        Some(checkout)
+    }
+
     async fn checkout(&mut self) -> Result<Checkout, SessionEnd> {
         let deadline = tokio::time::Instant::now() + self.shared.config().query_wait_timeout();
         // Read-only targets are re-resolved every time (least connections).
@@ -442,6 +461,15 @@ impl Session {
         Ok(checkout)
     }
 
+    /// Whether the server's session settings are already what the client
+    /// expects (the usual case: [`Session::sync_params`] has nothing to do).
+    fn params_match(&mut self, checkout: &mut Checkout) -> bool {
+        let mine = *self
+            .fingerprint
+            .get_or_insert_with(|| crate::server::settings_fingerprint(self.client_params.iter()));
+        checkout.conn.conn.fingerprint() == mine
+    }
+
     /// Makes the server's session parameters what the client expects (SET
     /// and RESET, answers hidden), then tells the client about every
     /// reported parameter that still differs (such as `in_hot_standby` when
@@ -452,15 +480,10 @@ impl Session {
         out: &mut BytesMut,
         at_login: bool,
     ) -> Result<(), SessionEnd> {
-        let server = &mut checkout.conn.conn;
-        if !at_login {
-            let mine = *self.fingerprint.get_or_insert_with(|| {
-                crate::server::settings_fingerprint(self.client_params.iter())
-            });
-            if server.fingerprint() == mine {
-                return Ok(());
-            }
+        if !at_login && self.params_match(checkout) {
+            return Ok(());
         }
+        let server = &mut checkout.conn.conn;
         self.fingerprint = None;
         // set_config() takes the value as text, exactly like `-c name=value`
         // in the startup packet (a list stays a list: SET would quote it
@@ -564,7 +587,19 @@ impl Session {
             server.prepared.clear();
             server.prepared_uncertain = false;
         }
-        self.shared.release(checkout, reusable).await;
+        self.shared.release(checkout, reusable);
+    }
+
+    /// Gives back the connection of a finished transaction at once when no
+    /// cleanup query is due (the usual case); else it is handed back to the
+    /// caller for [`Session::release`].
+    fn release_now(&mut self, checkout: Checkout) -> Option<Checkout> {
+        if checkout.conn.conn.prepared_uncertain {
+            return Some(checkout);
+        }
+        self.entry.set_server(None);
+        self.shared.release(checkout, true);
+        None
     }
 
     /// The forwarding loop, until the client leaves.
@@ -581,9 +616,12 @@ impl Session {
             // Wait for a whole message from the client.
             if !has_frame(&cbuf) {
                 if cbuf.is_empty() && self.held.is_none() {
-                    // Idle without a server: no buffer while waiting.
-                    cbuf = BytesMut::new();
+                    // Idle without a server: no buffer while waiting. It
+                    // goes to the spares, and the next active client (or
+                    // this one) takes it instead of allocating one.
+                    self.shared.give_buffer(std::mem::take(&mut cbuf));
                     stream.readable().await.map_err(|_| SessionEnd::Gone)?;
+                    cbuf = self.shared.take_buffer();
                 }
                 cbuf.reserve(READ_CHUNK);
                 let read = match self.held.as_ref() {
@@ -612,14 +650,22 @@ impl Session {
             if is_terminate(&cbuf) && self.held.is_none() {
                 return Ok(());
             }
+            // The slow paths (waiting for or opening a connection, restoring
+            // settings) are boxed so the idle task stays small; the usual
+            // transaction takes an idle connection synchronously.
             let mut checkout = match self.held.take() {
                 Some(c) => c,
                 None => {
-                    let mut c = Box::pin(self.checkout()).await?;
-                    let mut out = BytesMut::new();
-                    Box::pin(self.sync_params(&mut c, &mut out, false)).await?;
-                    if !out.is_empty() {
-                        stream.write_all(&out).await.map_err(|_| SessionEnd::Gone)?;
+                    let mut c = match self.checkout_now() {
+                        Some(c) => c,
+                        None => Box::pin(self.checkout()).await?,
+                    };
+                    if !self.params_match(&mut c) {
+                        let mut out = BytesMut::new();
+                        Box::pin(self.sync_params(&mut c, &mut out, false)).await?;
+                        if !out.is_empty() {
+                            stream.write_all(&out).await.map_err(|_| SessionEnd::Gone)?;
+                        }
                     }
                     if transaction_mode {
                         Metrics::add(&metrics.transactions, 1);
@@ -638,7 +684,9 @@ impl Session {
             match outcome {
                 Ok(Exchange::Idle) => {
                     if transaction_mode {
-                        Box::pin(self.release(checkout, true, false)).await;
+                        if let Some(checkout) = self.release_now(checkout) {
+                            Box::pin(self.release(checkout, true, false)).await;
+                        }
                     } else {
                         self.held = Some(checkout);
                     }
@@ -649,7 +697,7 @@ impl Session {
                 }
                 Err(end) => {
                     self.entry.set_server(None);
-                    Box::pin(self.shared.release(checkout, false)).await;
+                    self.shared.release(checkout, false);
                     return Err(end);
                 }
             }
@@ -676,7 +724,7 @@ impl Session {
             Metrics::add(&metrics.fenced_connections, 1);
             return Err(fenced_end(checkout.node()));
         }
-        let mut sbuf = std::mem::take(&mut checkout.read_buf);
+        let mut sbuf = std::mem::take(&mut checkout.conn.conn.read_buf);
         let result = loop {
             // Forward whatever whole messages the client has sent.
             if has_frame(cbuf) && !leaving {
@@ -817,7 +865,9 @@ impl Session {
                 }
             }
         };
-        checkout.read_buf = sbuf;
+        if sbuf.capacity() <= MAX_KEPT_READ_BUF {
+            checkout.conn.conn.read_buf = sbuf;
+        }
         result
     }
 
