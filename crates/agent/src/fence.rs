@@ -37,6 +37,9 @@ pub struct Shared {
     fence_deadline_ms: AtomicU64,
     /// This node runs a primary that only its lease entitles it to.
     acting_primary: AtomicBool,
+    /// The same flag for tasks that sleep until this node is primary (the
+    /// fence timer and the watchdog feeder tick only while it is).
+    primary_changed: tokio::sync::watch::Sender<bool>,
     dcs_last_seen: AtomicI64,
     dynamic: RwLock<DynamicConfig>,
     members: RwLock<BTreeSet<String>>,
@@ -76,6 +79,7 @@ impl Shared {
             lease: AtomicI64::new(0),
             fence_deadline_ms: AtomicU64::new(dynamic.fence_deadline_ms()),
             acting_primary: AtomicBool::new(false),
+            primary_changed: tokio::sync::watch::channel(false).0,
             dcs_last_seen: AtomicI64::new(0),
             dynamic: RwLock::new(dynamic),
             members: RwLock::new(BTreeSet::new()),
@@ -210,6 +214,23 @@ impl Shared {
 
     pub fn set_acting_primary(&self, on: bool) {
         self.acting_primary.store(on, Ordering::SeqCst);
+        self.primary_changed
+            .send_if_modified(|v| std::mem::replace(v, on) != on);
+    }
+
+    /// Clears the acting-primary flag and says whether it was set.
+    fn take_acting_primary(&self) -> bool {
+        let was = self.acting_primary.swap(false, Ordering::SeqCst);
+        self.primary_changed
+            .send_if_modified(|v| std::mem::replace(v, false));
+        was
+    }
+
+    /// Resolves once this node acts as primary (at once if it does).
+    async fn until_acting_primary(&self) {
+        let mut rx = self.primary_changed.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|primary| *primary).await;
     }
 
     pub fn dcs_seen(&self) {
@@ -217,11 +238,15 @@ impl Shared {
             .store(chrono::Utc::now().timestamp(), Ordering::SeqCst);
     }
 
-    /// How often the keeper renews: a quarter of ttl, at most loop_wait, at least 250 ms.
+    /// How often the keeper renews: once per loop_wait (as Patroni renews once
+    /// per cycle), but at least three times per ttl, so a failed keepalive
+    /// still leaves several retries before the fence deadline (ttl minus a
+    /// fifth); never more often than every 250 ms. Renewing more often than
+    /// needed is not free: the key's remaining lease at a crash is what a
+    /// failover waits out, and each keepalive costs the agent and etcd CPU.
     fn keepalive_interval(&self) -> Duration {
         let dynamic = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
-        let quarter = dynamic.ttl.saturating_mul(250);
-        Duration::from_millis(quarter.min(dynamic.loop_wait.saturating_mul(1000)).max(250))
+        keepalive_interval(&dynamic)
     }
 
     pub fn set_dynamic(&self, dynamic: DynamicConfig) {
@@ -320,6 +345,15 @@ async fn fence_postgres(pg: &Postgres) {
     }
 }
 
+fn keepalive_interval(dynamic: &DynamicConfig) -> Duration {
+    let third_of_ttl = dynamic.ttl.saturating_mul(1000) / 3;
+    Duration::from_millis(
+        third_of_ttl
+            .min(dynamic.loop_wait.saturating_mul(1000))
+            .max(250),
+    )
+}
+
 /// Renews the lease every `interval`, independent of how long a cycle takes.
 ///
 /// A keepalive that etcd answers with "lease not found" means the lease (and a
@@ -365,7 +399,7 @@ pub fn spawn_lease_keeper(
                             "my etcd lease {lease:x} is gone; failsafe mode keeps the primary \
                              while a new lease and the leader key are acquired"
                         );
-                    } else if shared.acting_primary.swap(false, Ordering::SeqCst) {
+                    } else if shared.take_acting_primary() {
                         error!("fencing: my etcd lease {lease:x} is gone; stopping PostgreSQL");
                         fence_postgres(&pg).await;
                     } else {
@@ -384,22 +418,29 @@ pub fn spawn_lease_keeper(
 }
 
 /// Stops a primary whose lease renewal is older than the fence deadline.
+///
+/// It sleeps until that deadline rather than polling: a renewal moves the
+/// deadline, and the timer finds the new one when it wakes (at the latest
+/// after [`FENCE_RECHECK`], so a changed deadline setting is seen too).
 pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tick.tick() => {}
+            if !shared.acting_primary.load(Ordering::SeqCst) {
+                // A replica has nothing to fence: sleep instead of ticking.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = shared.until_acting_primary() => {}
+                }
+                continue;
             }
             // Pause does not switch fencing off (as in the engine): the pause
             // flag this node knows may already have been lifted in the store,
             // and then replicas race for the expired key.
-            if !shared.acting_primary.load(Ordering::SeqCst) {
-                continue;
-            }
-            if shared.renewal_is_fresh() || shared.failsafe_is_fresh() {
+            if let Some(left) = validity_left(&shared) {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(left.min(FENCE_RECHECK)) => {}
+                }
                 continue;
             }
             let age = shared
@@ -416,6 +457,9 @@ pub fn spawn_fence_timer(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Rec
         }
     });
 }
+
+/// The longest the fence timer sleeps before looking at the deadline again.
+const FENCE_RECHECK: Duration = Duration::from_millis(500);
 
 /// Wakes the loop as soon as the postmaster disappears.
 pub fn spawn_postmaster_watch(shared: Arc<Shared>, pg: Postgres, mut stop: watch::Receiver<bool>) {
@@ -434,6 +478,12 @@ pub fn spawn_postmaster_watch(shared: Arc<Shared>, pg: Postgres, mut stop: watch
             was_alive = alive;
         }
     });
+}
+
+/// Disarming waits (up to 2 s) for the guard to exit: never on the agent's
+/// only runtime thread, where the keeper and the fence timer run.
+fn disarm_off_thread(guard: pgwarden_watchdog::WatchdogHandle) {
+    tokio::task::spawn_blocking(move || guard.disarm());
 }
 
 /// What a primary sends to every member in a failsafe round.
@@ -535,8 +585,14 @@ fn validity_left(shared: &Shared) -> Option<Duration> {
     (left > 0).then(|| Duration::from_millis(left))
 }
 
+/// How often the guard hears how long the lease is still valid. What it is
+/// told only moves when a renewal lands (about once a second), so feeding
+/// faster would not make its deadline more exact; this only bounds how late
+/// it learns of a renewal, far inside the fence deadline.
+const WATCHDOG_FEED_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The software watchdog (crate `pgwarden-watchdog`): while this node runs a
-/// primary on a valid lease, a separate guard process is told every 100 ms
+/// primary on a valid lease, a separate guard process is told every 250 ms
 /// until when the lease is certainly valid. If the agent freezes or dies,
 /// the guard stops PostgreSQL when that time passes (or at once when the pipe
 /// closes). Disarmed when the node stops being primary and when the agent
@@ -549,11 +605,20 @@ pub fn spawn_watchdog(
 ) {
     tokio::spawn(async move {
         let mut guard: Option<pgwarden_watchdog::WatchdogHandle> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(WATCHDOG_FEED_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if guard.is_none() && !shared.acting_primary.load(Ordering::SeqCst) {
+                // Nothing to feed or disarm until this node is primary.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = shared.until_acting_primary() => {}
+                }
+            }
             tokio::select! {
                 _ = stop.changed() => {
+                    // The agent is exiting: disarm here, so the guard surely
+                    // hears it before the process (and the pipe) goes away.
                     if let Some(g) = guard.take() {
                         g.disarm();
                     }
@@ -583,13 +648,16 @@ pub fn spawn_watchdog(
                 (true, Some(left), Some(g)) => {
                     if let Err(err) = g.feed(left) {
                         error!("{err}; re-arming");
-                        guard = None;
+                        // Dropping waits (boundedly) for the old guard to exit.
+                        if let Some(old) = guard.take() {
+                            tokio::task::spawn_blocking(move || drop(old));
+                        }
                     }
                 }
                 // Not primary any more: stop guarding cleanly.
                 (false, _, Some(_)) => {
                     if let Some(g) = guard.take() {
-                        g.disarm();
+                        disarm_off_thread(g);
                         tracing::info!("watchdog disarmed");
                     }
                 }
@@ -597,4 +665,40 @@ pub fn spawn_watchdog(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timings(ttl: u64, loop_wait: u64) -> DynamicConfig {
+        DynamicConfig {
+            ttl,
+            loop_wait,
+            ..DynamicConfig::default()
+        }
+    }
+
+    #[test]
+    fn keepalive_runs_once_per_loop_wait_and_thrice_per_ttl() {
+        // Defaults (4/1/1) and the test profile (10/1/3): once per loop_wait.
+        assert_eq!(keepalive_interval(&timings(4, 1)), Duration::from_secs(1));
+        assert_eq!(keepalive_interval(&timings(10, 1)), Duration::from_secs(1));
+        // Patroni's defaults (30/10/10): a third of ttl beats loop_wait.
+        assert_eq!(
+            keepalive_interval(&timings(30, 10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(keepalive_interval(&timings(12, 10)), Duration::from_secs(4));
+        // Fast profile 3/1/1: every second leaves retries before the 2.4 s fence.
+        let fast = timings(3, 1);
+        let interval = keepalive_interval(&fast);
+        assert_eq!(interval, Duration::from_secs(1));
+        assert!(interval.as_millis() * 2 < u128::from(fast.fence_deadline_ms()));
+        // Never below 250 ms.
+        assert_eq!(
+            keepalive_interval(&timings(0, 0)),
+            Duration::from_millis(250)
+        );
+    }
 }

@@ -163,8 +163,13 @@ fn validate(path: PathBuf, print: bool) -> anyhow::Result<()> {
 fn run_agent(path: PathBuf) -> anyhow::Result<()> {
     init_logging();
     let config = pgwarden_config::load_path(&path, &env_lookup)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent is idle nearly all the time, and a second worker
+    // costs a cross-thread wake-up for most timer ticks and network answers
+    // (the larger part of its idle CPU). Nothing in it blocks for long:
+    // external tools run as child processes, slow file work goes to the
+    // blocking pool, and the watchdog guard is a separate process that
+    // fences even if this thread stalls.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

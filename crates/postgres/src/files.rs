@@ -170,6 +170,16 @@ pub struct ProcStat {
     pub state: char,
     pub ppid: u32,
     pub session: u32,
+    /// Clock ticks after boot at which the process started: with the pid it
+    /// names one process, even after the pid is reused.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Running, sleeping or stopped; not a zombie waiting to be reaped.
+    pub fn is_live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when the process does not exist.
@@ -182,10 +192,13 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let ppid = fields.next()?.parse().ok()?;
     let _pgrp = fields.next()?;
     let session = fields.next()?.parse().ok()?;
+    // Field 22 of the file; `session` was field 6.
+    let start_ticks = fields.nth(15)?.parse().ok()?;
     Some(ProcStat {
         state,
         ppid,
         session,
+        start_ticks,
     })
 }
 
@@ -198,7 +211,7 @@ pub(crate) fn live_postmaster(data_dir: &Path) -> Option<u32> {
 /// The process exists and is not a zombie (a killed postmaster whose parent
 /// has not reaped it yet must count as dead).
 pub(crate) fn process_is_live(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
+    proc_stat(pid).is_some_and(|stat| stat.is_live())
 }
 
 /// Removes `<socket_dir>/.s.PGSQL.<port>.lock` when the process named in it
@@ -320,6 +333,23 @@ mod tests {
         let me = std::process::id();
         assert!(proc_stat(me).is_some());
         assert!(!is_postgres_for(me, Path::new("/")));
+    }
+
+    #[test]
+    fn start_ticks_tell_a_process_from_a_later_one() {
+        let me = proc_stat(std::process::id()).expect("own stat");
+        assert!(me.is_live());
+        // Field 22 counted plainly (this binary's name has no spaces).
+        let text = fs::read_to_string("/proc/self/stat").expect("own stat file");
+        let field22: u64 = text.split_whitespace().nth(21).unwrap().parse().unwrap();
+        assert_eq!(me.start_ticks, field22);
+        let child = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .expect("spawn sleep");
+        let other = proc_stat(child.id()).expect("child stat");
+        assert!(other.start_ticks >= me.start_ticks);
+        let _ = child.wait_with_output();
     }
 
     #[test]

@@ -53,6 +53,11 @@ struct Inner {
     probe_conn: tokio::sync::Mutex<Option<(u32, sql::Conn)>>,
     /// The system identifier last read from pg_control.
     known_sysid: tokio::sync::Mutex<Option<String>>,
+    /// The postmaster last proven to own the data directory, as (pid, start
+    /// ticks): while that process lives, checking it is one read of
+    /// `/proc/<pid>/stat` instead of the pid file, cmdline and cwd (the
+    /// crash watch asks five times a second).
+    verified_postmaster: std::sync::Mutex<Option<(u32, u64)>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -75,6 +80,7 @@ impl Postgres {
                 timeouts,
                 probe_conn: tokio::sync::Mutex::new(None),
                 known_sysid: tokio::sync::Mutex::new(None),
+                verified_postmaster: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -99,6 +105,12 @@ impl Postgres {
         if let Ok(mut conn) = self.inner.probe_conn.try_lock() {
             *conn = None;
         }
+        // So may the data directory: prove the postmaster's ownership again.
+        *self
+            .inner
+            .verified_postmaster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -112,7 +124,19 @@ impl Postgres {
 
     /// The pid of the live postmaster owning the data directory (no I/O beyond `/proc`).
     pub fn postmaster_pid(&self) -> Option<u32> {
-        files::live_postmaster(&self.settings().data_dir)
+        let mut verified = self
+            .inner
+            .verified_postmaster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((pid, start)) = *verified {
+            if files::proc_stat(pid).is_some_and(|st| st.is_live() && st.start_ticks == start) {
+                return Some(pid);
+            }
+        }
+        let pid = files::live_postmaster(&self.settings().data_dir);
+        *verified = pid.and_then(|pid| files::proc_stat(pid).map(|st| (pid, st.start_ticks)));
+        pid
     }
 
     pub fn postmaster_alive(&self) -> bool {
@@ -256,7 +280,7 @@ impl Postgres {
             std::fs::read_to_string(s.data_dir.join(render::SYNC_CONF))
                 .ok()
                 .and_then(|text| render::parse_sync_conf(&text));
-        state.postmaster_pid = files::live_postmaster(&s.data_dir);
+        state.postmaster_pid = self.postmaster_pid();
         let known = self.answering_server(state.postmaster_pid).await;
         let mut probed = false;
         if let (Some(system_identifier), Some(_)) = (known, state.postmaster_pid) {
@@ -876,8 +900,17 @@ impl Postgres {
         let s = self.settings();
         let timeout = self.inner.timeouts.sql;
         bounded("synchronize the replication slots", timeout, async {
-            let conn = sql::connect(&s, timeout).await?;
-            let client = &conn.client;
+            // The leader runs this every cycle: use the kept probe session
+            // (a new connection costs a SCRAM exchange, most of the idle CPU).
+            let kept = self.inner.probe_conn.lock().await;
+            let fresh;
+            let client = match kept.as_ref() {
+                Some((_, c)) if !c.client.is_closed() => &c.client,
+                _ => {
+                    fresh = sql::connect(&s, timeout).await?;
+                    &fresh.client
+                }
+            };
             let rows = client
                 .query(
                     "SELECT slot_name::text, active, temporary FROM pg_catalog.pg_replication_slots \

@@ -4,8 +4,9 @@
 //! the [`Conn`] is dropped (its driver task is aborted), so no connection
 //! outlives a cycle or holds a backend across a restart — except the probe
 //! connection of `observe`, which is kept while the same postmaster runs
-//! (forking a backend every second would be most of the agent's idle cost)
-//! and dropped on any error, on a new postmaster or on new settings. Every round trip is
+//! (forking a backend and a SCRAM exchange every second would be most of the
+//! agent's idle cost) and dropped on any error, on a new postmaster or on new
+//! settings. The leader's per-cycle slot maintenance shares it. Every round trip is
 //! wrapped in a deadline by the caller ([`bounded`]). With a superuser
 //! password the connection uses TCP to `connect_host:connect_port`;
 //! without one it uses the unix socket (peer or trust auth).
