@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgwarden needs to build, run the demo and run the tests on a
 # Debian or Ubuntu machine: PostgreSQL 15, etcd 3.4, the protobuf compiler for
-# the etcd client, HAProxy and Patroni's patronictl (compatibility tests), and
+# the etcd client, HAProxy and Patroni's patronictl (compatibility tests),
+# nftables, iproute2, curl and libfaketime (the fault-injection testbed), and
 # the Rust components used by CI (rustfmt, clippy).
 # Safe to run more than once.
 set -euo pipefail
@@ -16,7 +17,8 @@ need_root() {
   fi
 }
 
-packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config haproxy python3-venv openssl)
+packages=(postgresql-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev pkg-config haproxy python3-venv openssl
+          nftables iproute2 curl faketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
