@@ -66,6 +66,9 @@ pub fn parse_header(buf: &[u8], max: usize) -> Result<Option<FrameHeader>, WireE
     }))
 }
 
+/// The most [`split_frame`] reserves ahead of bytes that have not arrived.
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Takes one complete frame off the front of `buf`: `(tag, body)`. `Ok(None)`
 /// when the frame is not complete yet (nothing is consumed then).
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMut)>, WireError> {
@@ -73,7 +76,10 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, BytesMu
         return Ok(None);
     };
     if buf.len() < h.frame_len() {
-        buf.reserve(h.frame_len() - buf.len());
+        // Room for what is announced, but never more than a bounded step: a
+        // header costs a peer five bytes and may announce up to `max`; the
+        // buffer grows further only as the bytes really arrive.
+        buf.reserve((h.frame_len() - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buf.split_to(h.frame_len());
@@ -219,6 +225,17 @@ mod tests {
         let (tag, body) = split_frame(&mut buf, 100).unwrap().unwrap();
         assert_eq!((tag, &body[..]), (b'Q', &b"select 1\0"[..]));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_large_announced_frame_reserves_only_a_bounded_step() {
+        let huge = 1 << 30;
+        let mut v = vec![b'Q'];
+        v.extend_from_slice(&(huge as i32).to_be_bytes());
+        let mut buf = BytesMut::from(&v[..]);
+        assert_eq!(split_frame(&mut buf, huge).unwrap(), None);
+        assert!(buf.capacity() <= 5 + RESERVE_AHEAD, "{}", buf.capacity());
+        assert_eq!(buf.len(), 5, "nothing consumed");
     }
 
     #[test]
