@@ -513,10 +513,10 @@ impl Shared {
         credential: &ServerCredential,
         deadline: tokio::time::Instant,
     ) -> Result<Checkout, SessionEnd> {
-        let config = self.config();
         let pool = &target.pool;
-        let started = Instant::now();
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let started = tokio::time::Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
+        let started = started.into_std();
         let slot = pool
             .acquire(remaining, started)
             .await
@@ -529,43 +529,18 @@ impl Shared {
                     message: format!("server {} stopped being a routing target", target.node),
                 },
             })?;
-        let waited = started.elapsed();
-        if waited > Duration::from_millis(1) {
-            Metrics::add(&self.metrics.waits, 1);
-            Metrics::add(&self.metrics.wait_us_total, waited.as_micros() as u64);
+        if slot.waited {
+            let waited = started.elapsed();
+            if waited > Duration::from_millis(1) {
+                Metrics::add(&self.metrics.waits, 1);
+                Metrics::add(&self.metrics.wait_us_total, waited.as_micros() as u64);
+            }
         }
         let conn = match slot.idle {
             Some(c) => c,
-            None => {
-                let key = &target.key;
-                let db_permit = self.db_permit(key, &config, deadline).await?;
-                let credential = match credential {
-                    ServerCredential::None => self
-                        .lock_learned()
-                        .get(&key.user)
-                        .cloned()
-                        .unwrap_or(ServerCredential::None),
-                    c => c.clone(),
-                };
-                match self.open_server(key, &credential, &config).await {
-                    Ok(c) => {
-                        pool.note_opened();
-                        Metrics::add(&self.metrics.server_connects, 1);
-                        Pooled::new(c, Instant::now(), db_permit)
-                    }
-                    Err(server::ServerError::Refused { fields, .. }) => {
-                        Metrics::add(&self.metrics.server_connect_failures, 1);
-                        return Err(SessionEnd::Server(fields));
-                    }
-                    Err(e) => {
-                        Metrics::add(&self.metrics.server_connect_failures, 1);
-                        return Err(SessionEnd::Fatal {
-                            code: "08006",
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
+            // Boxed: connecting is rare and its state is large; a checkout
+            // that waits for a connection should not carry it.
+            None => Box::pin(self.open_for(&target, credential, deadline)).await?,
         };
         Ok(Checkout {
             conn,
@@ -573,6 +548,44 @@ impl Shared {
             target,
             added_statements: false,
         })
+    }
+
+    /// Opens a new connection for a slot of `target`'s pool.
+    async fn open_for(
+        &self,
+        target: &Target,
+        credential: &ServerCredential,
+        deadline: tokio::time::Instant,
+    ) -> Result<Pooled<ServerConn>, SessionEnd> {
+        let config = self.config();
+        let key = &target.key;
+        let db_permit = self.db_permit(key, &config, deadline).await?;
+        let credential = match credential {
+            ServerCredential::None => self
+                .lock_learned()
+                .get(&key.user)
+                .cloned()
+                .unwrap_or(ServerCredential::None),
+            c => c.clone(),
+        };
+        match self.open_server(key, &credential, &config).await {
+            Ok(c) => {
+                target.pool.note_opened();
+                Metrics::add(&self.metrics.server_connects, 1);
+                Ok(Pooled::new(c, Instant::now(), db_permit))
+            }
+            Err(server::ServerError::Refused { fields, .. }) => {
+                Metrics::add(&self.metrics.server_connect_failures, 1);
+                Err(SessionEnd::Server(fields))
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.server_connect_failures, 1);
+                Err(SessionEnd::Fatal {
+                    code: "08006",
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 
     /// Where a new checkout goes: (member, address, fencing token if leader).

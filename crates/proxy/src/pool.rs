@@ -59,6 +59,8 @@ impl<C> Pooled<C> {
 pub struct Slot<C> {
     pub permit: OwnedSemaphorePermit,
     pub idle: Option<Pooled<C>>,
+    /// The caller had to wait for the slot (else no time passed worth measuring).
+    pub waited: bool,
 }
 
 /// Counters shown by `SHOW POOLS` and `/metrics`.
@@ -105,8 +107,8 @@ impl<C> Pool<C> {
     /// Waits up to `wait` for a slot. A slot without an idle connection means
     /// the caller must open one (and count it with [`Pool::note_opened`]).
     pub async fn acquire(&self, wait: Duration, now: Instant) -> Result<Slot<C>, PoolError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+        let (permit, waited) = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -122,12 +124,16 @@ impl<C> Pool<C> {
                 match got {
                     Err(_) => return Err(PoolError::WaitTimeout),
                     Ok(Err(_)) => return Err(PoolError::Closed),
-                    Ok(Ok(p)) => p,
+                    Ok(Ok(p)) => (p, true),
                 }
             }
         };
-        let idle = self.take_idle(Instant::now());
-        Ok(Slot { permit, idle })
+        let idle = self.take_idle(if waited { Instant::now() } else { now });
+        Ok(Slot {
+            permit,
+            idle,
+            waited,
+        })
     }
 
     /// A slot and an idle connection at once, if both are there: no waiting,

@@ -439,16 +439,16 @@ impl Session {
         let target = match (&self.target, reusable) {
             (Some(t), true) => t.clone(),
             _ => {
-                let t = self
-                    .shared
-                    .resolve(
-                        self.port,
-                        &self.user,
-                        &self.database,
-                        &mut self.routing,
-                        deadline,
-                    )
-                    .await?;
+                // Boxed: a wait for routing is rare, and keeping its state
+                // out of this future keeps every other checkout cheap.
+                let t = Box::pin(self.shared.resolve(
+                    self.port,
+                    &self.user,
+                    &self.database,
+                    &mut self.routing,
+                    deadline,
+                ))
+                .await?;
                 self.target = Some(t.clone());
                 t
             }
