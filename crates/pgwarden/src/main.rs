@@ -202,11 +202,9 @@ fn run_proxy(path: PathBuf, check: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging();
-    let runtime = match config.proxy.worker_threads {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match config.proxy.runtime_threads(cpus) {
         1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
         n => tokio::runtime::Builder::new_multi_thread()

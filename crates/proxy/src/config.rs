@@ -188,11 +188,28 @@ pub struct ProxySection {
     /// Milliseconds between confirmations of the leader key when no watch event comes.
     #[serde(default = "defaults::confirm_interval_ms")]
     pub confirm_interval_ms: u64,
-    /// Threads serving clients; 0 means one per CPU. 1 runs everything on
-    /// one thread (no cross-thread wake-ups), which is fastest when the
-    /// proxy shares a small machine with its clients or servers.
+    /// Threads serving clients; 0 chooses (see [`ProxySection::runtime_threads`]).
+    /// 1 runs everything on one thread (no cross-thread wake-ups), which is
+    /// fastest when the proxy shares a small machine with its clients or
+    /// servers.
     #[serde(default)]
     pub worker_threads: usize,
+}
+
+impl ProxySection {
+    /// The number of runtime threads: `worker_threads`, or for 0 one per
+    /// CPU, except on machines of two CPUs or fewer, where one thread is
+    /// used. There the proxy shares its cores with PostgreSQL or clients,
+    /// and a second thread costs more in cross-thread wake-ups than it
+    /// adds (pgbench select-only, 64 clients, 2 cores: 27 against 22 us of
+    /// proxy CPU per transaction; docs/proxy.md, Performance).
+    pub fn runtime_threads(&self, cpus: usize) -> usize {
+        match self.worker_threads {
+            0 if cpus <= 2 => 1,
+            0 => cpus,
+            n => n,
+        }
+    }
 }
 
 mod defaults {
@@ -403,6 +420,15 @@ mod tests {
         assert_eq!(c.proxy.default_pool_size, 20);
         assert_eq!(c.proxy.server_reset_query, "DISCARD ALL");
         assert_eq!(c.proxy.auth_type, AuthType::ScramSha256);
+    }
+
+    #[test]
+    fn automatic_worker_threads_use_one_thread_on_small_machines() {
+        let mut c = ProxyConfig::parse(MINIMAL, "test.yml").unwrap();
+        assert_eq!(c.proxy.runtime_threads(2), 1);
+        assert_eq!(c.proxy.runtime_threads(8), 8);
+        c.proxy.worker_threads = 2;
+        assert_eq!(c.proxy.runtime_threads(2), 2, "an explicit value is kept");
     }
 
     #[test]
