@@ -1,12 +1,16 @@
-//! Simulation: three engines against a tiny model of the lease store,
-//! stepped by random schedules (reliability-plan §6, property 6).
+//! Simulation: three engines against the in-memory store (`MemoryDcs`, the
+//! same store the etcd conformance suite checks), stepped by random schedules
+//! (reliability-plan §6, property 6).
 //!
-//! Model. One global simulated clock (ms). The store holds one lease per node
-//! (expiring `ttl` after the node's last confirmed keepalive) and one leader
-//! key (a node name on that node's lease; gone once the lease expires), with
-//! CAS semantics: `AcquireLeader` only when the key is absent and our lease
-//! lives, `RenewLeader` only when it holds our name, `ReleaseLeader` only
-//! when it holds our name. As in the agent, a keepalive task renews the lease
+//! Model. One global simulated clock (ms) that also drives the store's manual
+//! clock. The store holds one lease per node (expiring `ttl` after the node's
+//! last confirmed keepalive) and the cluster's keys; the engine's actions are
+//! carried out through the store's own calls, as the agent's executor does:
+//! `AcquireLeader` is `acquire_leader` (create_revision == 0), `RenewLeader`
+//! is `update_leader` (never re-creates a vanished key), `ReleaseLeader` a
+//! guarded delete, `sync`, `failover`, `history` and `status` their CAS or
+//! plain writes. An unreachable store is message loss: the node's calls are
+//! not made. Every member publishes its state each step. As in the agent, a keepalive task renews the lease
 //! independently of the HA cycle: whenever a node runs (a step of that node,
 //! also one that only executes a decision taken before a freeze) and reaches
 //! the store, its lease is kept alive, and the observation reports the send
@@ -41,11 +45,15 @@
 
 use pgwarden_types::{
     ClusterSnapshot, ClusterStatus, DataDirState, DynamicConfig, FailoverRequest, HistoryLine,
-    LeaderKey, LocalPgState, Lsn, Member, MemberData, PgClusterState, PgState, ReplicationRow,
-    Role, SyncState, Tags, Versioned,
+    LocalPgState, Lsn, MemberData, PgClusterState, PgState, ReplicationRow, Role, SyncState, Tags,
+    Versioned,
 };
+use std::time::Duration;
+
+use futures::executor::block_on;
+use pgwarden_dcs::{Dcs, LeaseId, MemoryDcs, Precondition};
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::{
     decide, Action, DcsView, Decision, DemoteMode, Memory, NodeIdentity, Observation, PeerReport,
@@ -84,17 +92,6 @@ struct Node {
 }
 
 #[derive(Debug, Clone)]
-struct Store {
-    revision: i64,
-    lease_expiry: [u64; 3],
-    leader: Option<(usize, i64)>,
-    history: Vec<HistoryLine>,
-    optime: Option<u64>,
-    failover: Option<Versioned<FailoverRequest>>,
-    sync: Option<Versioned<SyncState>>,
-}
-
-#[derive(Debug, Clone)]
 struct Step {
     node: usize,
     dt: u64,
@@ -110,9 +107,10 @@ struct Step {
 struct World {
     now: u64,
     cfg: DynamicConfig,
-    cfg_json: Value,
     nodes: Vec<Node>,
-    store: Store,
+    store: MemoryDcs,
+    /// Each node's current lease in the store.
+    leases: [Option<LeaseId>; 3],
     promotions: usize,
     /// Highest acknowledged commit position per timeline: a commit on a
     /// primary is acknowledged once the standbys its synchronous setting
@@ -151,43 +149,85 @@ impl World {
             pending: None,
             sync_setting: None,
         };
+        // An initialized cluster: bootstrap is not what this simulates.
+        let store = MemoryDcs::new("sim");
+        block_on(store.set_initialize("7")).expect("initialize key");
+        block_on(store.set_config(&cfg_json, Precondition::Unconditional)).expect("config key");
         World {
             now: 1_000_000,
             cfg,
-            cfg_json,
             nodes: vec![node.clone(), node.clone(), node],
-            store: Store {
-                revision: 1,
-                lease_expiry: [0; 3],
-                leader: None,
-                history: Vec::new(),
-                optime: None,
-                failover: None,
-                sync: None,
-            },
+            store,
+            leases: [None; 3],
             promotions: 0,
             acked: std::collections::BTreeMap::new(),
         }
     }
 
-    fn expire(&mut self) {
-        if let Some((holder, _)) = self.store.leader {
-            if self.store.lease_expiry[holder] <= self.now {
-                self.store.leader = None;
-            }
-        }
+    /// The store as a node reads it (the store itself never fails here).
+    fn read(&self) -> ClusterSnapshot {
+        block_on(self.store.snapshot()).expect("memory store snapshot")
+    }
+
+    /// The node holding the leader key and the key's create revision.
+    fn leader(&self) -> Option<(usize, i64)> {
+        self.read()
+            .leader
+            .map(|l| (idx(&l.name), l.create_revision))
+    }
+
+    fn sync_key(&self) -> Option<Versioned<SyncState>> {
+        self.read().sync
     }
 
     fn lease_alive(&self, i: usize) -> bool {
-        self.store.lease_expiry[i] > self.now
+        self.leases[i]
+            .and_then(|l| self.store.lease_remaining(l))
+            .is_some_and(|left| !left.is_zero())
     }
 
     /// A confirmed keepalive of a live lease, or a freshly granted lease.
     fn keepalive(&mut self, i: usize) {
-        self.store.lease_expiry[i] = self.now + self.cfg.ttl * 1000;
+        let renewed = match self.leases[i] {
+            Some(lease) if self.lease_alive(i) => {
+                block_on(self.store.keep_alive(lease)).expect("keepalive")
+            }
+            _ => false,
+        };
+        if !renewed {
+            let lease = block_on(self.store.grant_lease(self.cfg.ttl)).expect("lease grant");
+            self.leases[i] = Some(lease);
+        }
         self.nodes[i].keepalive_sent = Some(self.now);
-        if self.store.leader.map(|l| l.0) == Some(i) {
+        let held = self
+            .read()
+            .leader
+            .is_some_and(|l| l.name == NAMES[i] && Some(l.lease) == self.leases[i]);
+        if held {
             self.nodes[i].leader_confirmed = Some(self.now);
+        }
+    }
+
+    /// Every member publishes what its PostgreSQL looks like (as each agent
+    /// does after its cycle; static keys, so a frozen node's entry stays).
+    fn publish_members(&self) {
+        for (name, n) in NAMES.iter().zip(&self.nodes) {
+            let data = MemberData {
+                state: if n.pg == Pg::Stopped {
+                    PgState::Stopped
+                } else {
+                    PgState::Running
+                },
+                role: if n.pg == Pg::Primary {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
+                xlog_location: Some(n.lsn),
+                timeline: Some(n.timeline),
+                ..MemberData::empty()
+            };
+            block_on(self.store.touch_member(name, &data, 0)).expect("member key");
         }
     }
 
@@ -257,57 +297,6 @@ impl World {
         }
     }
 
-    fn snapshot(&self) -> ClusterSnapshot {
-        let members = (0..3)
-            .map(|j| {
-                let n = &self.nodes[j];
-                Member {
-                    name: NAMES[j].into(),
-                    data: MemberData {
-                        state: if n.pg == Pg::Stopped {
-                            PgState::Stopped
-                        } else {
-                            PgState::Running
-                        },
-                        role: if n.pg == Pg::Primary {
-                            Role::Primary
-                        } else {
-                            Role::Replica
-                        },
-                        xlog_location: Some(n.lsn),
-                        timeline: Some(n.timeline),
-                        ..MemberData::empty()
-                    },
-                    mod_revision: 1,
-                    lease: j as i64 + 1,
-                }
-            })
-            .collect();
-        ClusterSnapshot {
-            revision: self.store.revision,
-            initialize: Some("7".into()),
-            config: Some(Versioned {
-                value: self.cfg_json.clone(),
-                mod_revision: 1,
-            }),
-            leader: self.store.leader.map(|(h, rev)| LeaderKey {
-                name: NAMES[h].into(),
-                create_revision: rev,
-                mod_revision: rev,
-                lease: h as i64 + 1,
-            }),
-            members,
-            failover: self.store.failover.clone(),
-            sync: self.store.sync.clone(),
-            history: self.store.history.clone(),
-            status: ClusterStatus {
-                optime: self.store.optime,
-                ..ClusterStatus::default()
-            },
-            failsafe: None,
-        }
-    }
-
     fn acting_primaries(&self) -> Vec<usize> {
         let deadline = self.cfg.fence_deadline_ms();
         (0..3)
@@ -320,20 +309,21 @@ impl World {
 
     fn step(&mut self, s: &Step) -> Result<(), String> {
         self.now += s.dt;
-        self.expire();
+        self.store.advance(Duration::from_millis(s.dt));
         let i = s.node;
         if let Some(j) = s.failover_to {
-            if let Some((h, _)) = self.store.leader {
+            if let Some((h, _)) = self.leader() {
                 if j != h {
-                    self.store.revision += 1;
-                    self.store.failover = Some(Versioned {
-                        value: FailoverRequest {
-                            leader: Some(NAMES[h].into()),
-                            member: Some(NAMES[j].into()),
-                            scheduled_at: None,
-                        },
-                        mod_revision: self.store.revision,
-                    });
+                    let request = FailoverRequest {
+                        leader: Some(NAMES[h].into()),
+                        member: Some(NAMES[j].into()),
+                        scheduled_at: None,
+                    };
+                    block_on(
+                        self.store
+                            .set_failover(&request, Precondition::Unconditional),
+                    )
+                    .expect("failover key");
                 }
             }
         }
@@ -389,7 +379,7 @@ impl World {
         if acting.len() > 1 {
             return Err(format!("two acting primaries at {}: {acting:?}", self.now));
         }
-        if let (Some(sync), Some((h, _))) = (&self.store.sync, self.store.leader) {
+        if let (Some(sync), Some((h, _))) = (&self.sync_key(), self.leader()) {
             if !sync.value.lists(NAMES[h]) {
                 return Err(format!("unlisted {} holds the key in sync mode", NAMES[h]));
             }
@@ -398,12 +388,15 @@ impl World {
     }
 
     fn observe(&self, i: usize, s: &Step) -> Observation {
+        self.publish_members();
+        let snapshot = self.read();
+        let no_leader = snapshot.leader.is_none();
         let dcs = if s.reachable {
-            DcsView::Available(self.snapshot())
+            DcsView::Available(snapshot)
         } else {
             DcsView::Unreachable
         };
-        let peers = if s.reachable && self.store.leader.is_none() {
+        let peers = if s.reachable && no_leader {
             (0..3)
                 .filter(|&j| j != i)
                 .map(|j| {
@@ -479,53 +472,64 @@ impl World {
                     obs.running_task
                 ));
             }
-            self.expire();
             match action {
                 Action::AcquireLeader => {
-                    if !reachable || self.store.leader.is_some() || !self.lease_alive(i) {
+                    let Some(lease) = self.leases[i].filter(|_| reachable && self.lease_alive(i))
+                    else {
+                        return Ok(());
+                    };
+                    // A failed compare (someone holds the key) skips the rest
+                    // of the cycle, as in the agent.
+                    if block_on(self.store.acquire_leader(NAMES[i], lease))
+                        .map_err(|e| e.to_string())?
+                        .is_none()
+                    {
                         return Ok(());
                     }
-                    self.store.revision += 1;
-                    self.store.leader = Some((i, self.store.revision));
                     self.keepalive(i);
-                    self.nodes[i].leader_confirmed = Some(self.now);
                     raced = true;
                 }
                 Action::RenewLeader => {
-                    if !reachable || self.store.leader.map(|l| l.0) != Some(i) {
+                    let Some(lease) = self.leases[i].filter(|_| reachable) else {
+                        return Ok(());
+                    };
+                    if !block_on(self.store.update_leader(NAMES[i], lease))
+                        .map_err(|e| e.to_string())?
+                    {
                         return Ok(());
                     }
                     self.keepalive(i);
                 }
-                Action::ReleaseLeader if reachable && self.store.leader.map(|l| l.0) == Some(i) => {
-                    self.store.leader = None;
+                Action::ReleaseLeader if reachable => {
+                    block_on(self.store.release_leader(NAMES[i])).map_err(|e| e.to_string())?;
                 }
-                Action::ClearFailover { mod_revision }
-                    if reachable
-                        && self
-                            .store
-                            .failover
-                            .as_ref()
-                            .is_some_and(|f| f.mod_revision == *mod_revision) =>
-                {
-                    self.store.failover = None;
+                Action::ClearFailover { mod_revision } if reachable => {
+                    let cleared = FailoverRequest::default();
+                    block_on(
+                        self.store
+                            .set_failover(&cleared, Precondition::ModRevision(*mod_revision)),
+                    )
+                    .map_err(|e| e.to_string())?;
                 }
-                Action::WriteStatus if reachable => self.store.optime = Some(self.nodes[i].lsn),
+                Action::WriteStatus if reachable => {
+                    let status = ClusterStatus {
+                        optime: Some(self.nodes[i].lsn),
+                        ..ClusterStatus::default()
+                    };
+                    block_on(self.store.set_status(&status)).map_err(|e| e.to_string())?;
+                }
                 Action::UpdateHistory if reachable => {
                     let tl = self.nodes[i].timeline;
-                    if self
-                        .store
-                        .history
-                        .last()
-                        .is_none_or(|h| h.timeline + 1 < tl)
-                    {
-                        self.store.history.push(HistoryLine {
+                    let mut history = self.read().history;
+                    if history.last().is_none_or(|h| h.timeline + 1 < tl) {
+                        history.push(HistoryLine {
                             timeline: tl - 1,
                             switch_lsn: self.nodes[i].lsn,
                             reason: "no recovery target specified".into(),
                             timestamp: None,
                             new_leader: Some(NAMES[i].into()),
                         });
+                        block_on(self.store.set_history(&history)).map_err(|e| e.to_string())?;
                     }
                 }
                 Action::Promote => {
@@ -580,8 +584,8 @@ impl World {
                         _ => PgClusterState::InProduction,
                     };
                     n.task = Some((TaskKind::Stop, s.task_len));
-                    if release && reachable && self.store.leader.map(|l| l.0) == Some(i) {
-                        self.store.leader = None;
+                    if release && reachable {
+                        block_on(self.store.release_leader(NAMES[i])).map_err(|e| e.to_string())?;
                     }
                 }
                 Action::Stop => {
@@ -612,27 +616,25 @@ impl World {
                     n.task = Some((TaskKind::Clone, s.task_len));
                 }
                 Action::WriteSync(write) if reachable => {
-                    let current = self.store.sync.as_ref().map(|k| k.mod_revision);
-                    if current != write.mod_revision {
+                    let pre = match write.mod_revision {
+                        Some(rev) => Precondition::ModRevision(rev),
+                        None => Precondition::Absent,
+                    };
+                    if block_on(self.store.set_sync(&write.state, pre))
+                        .map_err(|e| e.to_string())?
+                        .is_none()
+                    {
                         // CAS failed: the rest of the cycle is skipped, as in the agent.
                         return Ok(());
                     }
-                    self.store.revision += 1;
-                    self.store.sync = Some(Versioned {
-                        value: write.state.clone(),
-                        mod_revision: self.store.revision,
-                    });
                 }
                 Action::WriteSync(_) => return Ok(()),
-                Action::DeleteSync { mod_revision }
-                    if reachable
-                        && self
-                            .store
-                            .sync
-                            .as_ref()
-                            .is_some_and(|k| k.mod_revision == *mod_revision) =>
-                {
-                    self.store.sync = None;
+                Action::DeleteSync { mod_revision } if reachable => {
+                    block_on(
+                        self.store
+                            .delete_sync(Precondition::ModRevision(*mod_revision)),
+                    )
+                    .map_err(|e| e.to_string())?;
                 }
                 Action::SetSyncStandbyNames { value } => {
                     self.nodes[i].sync_setting = value.clone();
@@ -844,7 +846,7 @@ fn failover_after_freeze_and_rejoin() {
         .collect();
     assert_eq!(primaries.len(), 1, "one primary after a calm start");
     let old = primaries[0];
-    assert_eq!(world.store.leader.map(|l| l.0), Some(old));
+    assert_eq!(world.leader().map(|l| l.0), Some(old));
     // Freeze the primary: only the others step for 20 s.
     let others: Vec<usize> = (0..3).filter(|&j| j != old).collect();
     for k in 0..20 {
@@ -854,7 +856,7 @@ fn failover_after_freeze_and_rejoin() {
         world.step(&s).expect("failover");
         steps.push(s);
     }
-    let new = world.store.leader.map(|l| l.0).expect("a new leader");
+    let new = world.leader().map(|l| l.0).expect("a new leader");
     assert_ne!(new, old);
     assert_eq!(world.nodes[new].pg, Pg::Primary);
     // The old primary wakes up: its lease expired during the freeze, so its
@@ -894,7 +896,7 @@ fn failover_after_freeze_and_rejoin() {
 fn slow_primary_cycle_keeps_leadership() {
     let steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
     let mut world = run(false, &steps).expect("calm run");
-    let old = world.store.leader.map(|l| l.0).expect("leader");
+    let old = world.leader().map(|l| l.0).expect("leader");
     let promotions = world.promotions;
     let others: Vec<usize> = (0..3).filter(|&j| j != old).collect();
     // The old primary steps at the start of this window; 9.5 s pass before its next cycle.
@@ -912,7 +914,7 @@ fn slow_primary_cycle_keeps_leadership() {
         "{}",
         world.nodes[old].mem.last_reason
     );
-    assert_eq!(world.store.leader.map(|l| l.0), Some(old));
+    assert_eq!(world.leader().map(|l| l.0), Some(old));
     assert_eq!(world.promotions, promotions);
 }
 
@@ -923,7 +925,7 @@ fn slow_primary_cycle_keeps_leadership() {
 fn store_outage_fences_the_primary() {
     let steps: Vec<Step> = (0..30).map(|k| calm(k % 3, 700)).collect();
     let mut world = run(false, &steps).expect("calm run");
-    let old = world.store.leader.map(|l| l.0).expect("leader");
+    let old = world.leader().map(|l| l.0).expect("leader");
     let promotions = world.promotions;
     world.step(&calm(old, 0)).expect("renew");
     let deadline = world.cfg.fence_deadline_ms();
@@ -982,9 +984,7 @@ fn sync_schedules_list_standbys_and_fail_over() {
         let mut world = World::new(true);
         for (k, s) in steps.iter().enumerate() {
             let listed_before = world
-                .store
-                .sync
-                .as_ref()
+                .sync_key()
                 .is_some_and(|k| k.value.sync_standby.is_some());
             let promotions = world.promotions;
             world.step(s).unwrap_or_else(|e| panic!("step {k}: {e}"));
