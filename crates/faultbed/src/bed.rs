@@ -116,6 +116,19 @@ fn run_stdin(argv: &[&str], input: &str) -> Result<(), BedError> {
     Ok(())
 }
 
+/// Adds `rules` (each `input …` or `output …`) to the testbed's nftables
+/// table in namespace `ns`, creating the table and its chains if needed;
+/// deleting the table (heal, or the namespace going away) removes them.
+fn nft_drop(ns: &str, rules: &[String]) -> Result<(), BedError> {
+    let mut script = String::from(
+        "table inet pgwfb {\n chain input { type filter hook input priority -10; policy accept; }\n chain output { type filter hook output priority -10; policy accept; }\n}\n",
+    );
+    for rule in rules {
+        script.push_str(&format!("add rule inet pgwfb {rule}\n"));
+    }
+    run_stdin(&["ip", "netns", "exec", ns, "nft", "-f", "-"], &script)
+}
+
 /// What this machine can do, probed rather than assumed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -822,14 +835,12 @@ proxy:
     pub fn cut_proxy_from_etcd(&mut self) -> Result<(), BedError> {
         let ips: Vec<&str> = self.hosts.iter().map(|h| h.ip.as_str()).collect();
         let set = format!("{{ {} }}", ips.join(", "));
-        let script = format!(
-            "table inet pgwfb {{\n chain input {{ type filter hook input priority -10; policy accept; }}\n chain output {{ type filter hook output priority -10; policy accept; }}\n}}\n\
-             add rule inet pgwfb input ip saddr {set} tcp sport {ETCD_CLIENT_PORT} drop\n\
-             add rule inet pgwfb output ip daddr {set} tcp dport {ETCD_CLIENT_PORT} drop\n"
-        );
-        run_stdin(
-            &["ip", "netns", "exec", &self.proxy.ns, "nft", "-f", "-"],
-            &script,
+        nft_drop(
+            &self.proxy.ns,
+            &[
+                format!("input ip saddr {set} tcp sport {ETCD_CLIENT_PORT} drop"),
+                format!("output ip daddr {set} tcp dport {ETCD_CLIENT_PORT} drop"),
+            ],
         )?;
         self.event("cut proxy from etcd");
         Ok(())
@@ -1080,9 +1091,6 @@ proxy:
     ) -> Result<(), BedError> {
         let ips: Vec<&str> = peers.iter().map(|p| self.hosts[*p].ip.as_str()).collect();
         let set = format!("{{ {} }}", ips.join(", "));
-        let mut script = String::from(
-            "table inet pgwfb {\n chain input { type filter hook input priority -10; policy accept; }\n chain output { type filter hook output priority -10; policy accept; }\n}\n",
-        );
         let matches: Vec<String> = match ports {
             None => vec![String::new()],
             Some(ps) => {
@@ -1093,20 +1101,14 @@ proxy:
                 ]
             }
         };
+        let mut rules = Vec::new();
         for m in &matches {
-            script.push_str(&format!(
-                "add rule inet pgwfb input ip saddr {set} {m}drop\n"
-            ));
+            rules.push(format!("input ip saddr {set} {m}drop"));
             if !inbound_only {
-                script.push_str(&format!(
-                    "add rule inet pgwfb output ip daddr {set} {m}drop\n"
-                ));
+                rules.push(format!("output ip daddr {set} {m}drop"));
             }
         }
-        run_stdin(
-            &["ip", "netns", "exec", &self.hosts[i].ns, "nft", "-f", "-"],
-            &script,
-        )?;
+        nft_drop(&self.hosts[i].ns, &rules)?;
         let names: Vec<&str> = peers.iter().map(|p| self.hosts[*p].name.as_str()).collect();
         self.event(format!(
             "block {} <-> {names:?} ports {ports:?}{}",
