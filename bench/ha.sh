@@ -14,8 +14,8 @@
 #   --cpu-seconds S        no-false-failover CPU-load duration (pgbench -c 4 -j 2 -T S; default 300)
 #   --etcd-moves N         etcd leader moves / member restarts in the no-false-failover checks (default 5)
 #   --nff-profile-patroni P / --nff-profile-pgwarden P
-#                          profile of the no-false-failover checks (default: tuned for Patroni, native
-#                          for pgwarden: both are then at pgwarden's default timings 10/2/4)
+#                          profile of the no-false-failover checks (default: tuned (10/2/4) for Patroni,
+#                          native for pgwarden, i.e. its own defaults 4/1/1)
 #   --skip-patroni | --skip-pgwarden | --skip-nofalse | --skip-pgcrash | --skip-switchover | --skip-failover
 #   --baseline DIR         baseline harness dir (default $BENCH_BASELINE_DIR or <repo>/../shared/baseline)
 #   --results DIR          results dir (default <repo>/bench/results/<UTC timestamp>)
