@@ -186,6 +186,14 @@ impl<'a> Ctx<'a> {
             .map(|m| m.name.as_str())
     }
 
+    /// The leader runs and has checkpointed since its promotion, so pg_rewind
+    /// reads its new timeline from its control file.
+    pub(crate) fn leader_ready_as_rewind_source(&self, leader: &str) -> bool {
+        self.snap.member(leader).is_some_and(|m| {
+            m.data.state == PgState::Running && m.data.checkpoint_after_promote != Some(false)
+        })
+    }
+
     /// Patroni's "last role was primary" for a stopped server.
     pub(crate) fn former_primary(&self) -> bool {
         self.mem.was_primary
@@ -295,6 +303,7 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
                 if mem.last_leader.as_deref() != Some(name) {
                     // A new leader is a new rewind source: try again.
                     mem.rewind_failed = false;
+                    mem.diverged_replica_since_ms = None;
                     mem.last_leader = Some(name.to_string());
                 }
             }

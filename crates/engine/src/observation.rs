@@ -225,6 +225,9 @@ pub struct Memory {
     pub last_leader: Option<String>,
     /// Last rewind attempt failed; do not try again until the leader changes.
     pub rewind_failed: bool,
+    /// Since when this running replica has looked stuck behind a timeline
+    /// fork (replayed past the leader's switch point on an old timeline).
+    pub diverged_replica_since_ms: Option<u64>,
     /// This node was primary when it last observed PostgreSQL (survives restarts of PG).
     pub was_primary: bool,
     /// Last reason logged, so the agent logs a decision once when it changes.

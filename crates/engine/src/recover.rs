@@ -8,7 +8,7 @@
 //! configured; `primary_start_timeout` bounds how long the key holder may
 //! keep the cluster without a running primary.
 
-use pgwarden_types::{DataDirState, Lsn, PgClusterState, PgState};
+use pgwarden_types::{DataDirState, Lsn, PgClusterState};
 
 use crate::decide::{Ctx, Outcome};
 use crate::observation::{Action, DemoteMode};
@@ -154,10 +154,7 @@ fn rejoin_former_primary(ctx: &Ctx<'_>, leader: &str) -> Option<Outcome> {
             ))),
         };
     }
-    let ready = ctx.snap.member(leader).is_some_and(|m| {
-        m.data.state == PgState::Running && m.data.checkpoint_after_promote != Some(false)
-    });
-    if !ready {
+    if !ctx.leader_ready_as_rewind_source(leader) {
         return Some(Outcome::none(format!(
             "waiting for leader ({leader}) to run and checkpoint before pg_rewind"
         )));

@@ -134,3 +134,116 @@ async fn losing_the_sync_standby_moves_sync_to_the_other_replica() {
         "a synchronous commit is on the synchronous standby when acknowledged"
     );
 }
+
+/// An asynchronous replica can receive WAL the synchronous standby never
+/// got: the primary streams to every standby before the synchronous one
+/// confirms. When the synchronous standby is then promoted, the asynchronous
+/// replica has replayed past the fork of the new timeline and PostgreSQL
+/// refuses to follow it; the agent must notice and rewind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_replica_ahead_of_the_promoted_sync_standby_rewinds_and_follows() {
+    let cluster = TestCluster::start(3, sync_options()).await;
+    let old = cluster.wait_ready(3, READY).await;
+    let standby = wait_sync_standby(&cluster, &old, None).await;
+    let other = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| n != &old && n != &standby)
+        .unwrap();
+    cluster
+        .execute(&old, "create table t(v int); insert into t values (1)")
+        .await
+        .unwrap();
+    // Freeze the synchronous standby's WAL receiver; the next commit waits
+    // for it forever, but its WAL still reaches the asynchronous replica.
+    let receiver: i32 = cluster
+        .query_strings(&standby, "select pid::text from pg_stat_wal_receiver")
+        .await
+        .and_then(|rows| rows.into_iter().next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the synchronous standby's WAL receiver");
+    support::signal(receiver, nix::sys::signal::Signal::SIGSTOP);
+    // What the standby's frozen receiver holds; the socket buffers between
+    // the two (a few MB on loopback) still reach it after the thaw, so the
+    // asynchronous replica must get well past that.
+    let frozen_at = cluster
+        .query_strings(&standby, "select pg_last_wal_receive_lsn()::text")
+        .await
+        .and_then(|rows| rows.into_iter().next())
+        .unwrap();
+    let writer = cluster.connect(&old).await.unwrap();
+    let pending = tokio::spawn(async move {
+        writer
+            .simple_query("insert into t select generate_series(2, 1500000)")
+            .await
+    });
+    cluster
+        .wait_for(
+            "the asynchronous replica 24 MB ahead of the synchronous standby",
+            Duration::from_secs(90),
+            || async {
+                let rows = cluster
+                    .query_strings(
+                        &other,
+                        &format!(
+                            "select (pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{frozen_at}') \
+                             > 24 * 1024 * 1024)::text"
+                        ),
+                    )
+                    .await?;
+                (rows.first().map(String::as_str) == Some("true")).then_some(())
+            },
+        )
+        .await;
+    assert!(
+        !pending.is_finished(),
+        "the commit must wait for the frozen standby"
+    );
+
+    // The primary host dies; the standby's receiver wakes with nothing more to get.
+    let old_i = cluster.index_of(&old);
+    let agent_pid = cluster.nodes[old_i]
+        .agent
+        .as_ref()
+        .map(|child| i32::try_from(child.id()).unwrap())
+        .unwrap();
+    support::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
+    cluster.kill_postmaster(old_i);
+    support::signal(receiver, nix::sys::signal::Signal::SIGCONT);
+    let _ = pending.await;
+
+    let new = cluster
+        .wait_for("a new writable leader", Duration::from_secs(60), || async {
+            let leader = cluster.leader().await?;
+            (leader != old && cluster.is_writable(&leader).await).then_some(leader)
+        })
+        .await;
+    assert_eq!(new, standby, "only the synchronous standby may be promoted");
+    cluster
+        .execute(&new, "insert into t values (-1)")
+        .await
+        .unwrap();
+    // The asynchronous replica is rewound and streams the new timeline.
+    cluster
+        .wait_for(
+            "the asynchronous replica streaming from the new leader with its rows",
+            Duration::from_secs(90),
+            || async {
+                let rows = cluster
+                    .query_strings(
+                        &other,
+                        "select (select status from pg_stat_wal_receiver) || ' ' || \
+                         (select count(*) from t where v = -1)",
+                    )
+                    .await?;
+                (rows.first().map(String::as_str) == Some("streaming 1")).then_some(())
+            },
+        )
+        .await;
+    let log = cluster.log(cluster.index_of(&other));
+    assert!(
+        log.contains("past its switch to timeline 2") && log.contains("pg_rewind"),
+        "the replica was rewound because it had passed the fork:\n{log}"
+    );
+}
