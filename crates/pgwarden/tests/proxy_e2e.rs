@@ -560,6 +560,99 @@ async fn proxy_routes_authenticates_pools_and_rejects_bad_input() {
     );
     assert!(!tls.log().contains("panicked"), "{}", tls.log());
 
+    // ParameterStatus in_hot_standby matches the node behind each port: libpq
+    // decides target_session_attrs=primary/standby from it.
+    let attrs = |port: u16, attrs: &str| {
+        psql(format!(
+            "host=127.0.0.1 port={port} user=app dbname=postgres target_session_attrs={attrs}"
+        ))
+    };
+    assert!(
+        attrs(proxy.rw, "primary").0,
+        "{}",
+        attrs(proxy.rw, "primary").1
+    );
+    assert!(
+        attrs(proxy.ro, "standby").0,
+        "{}",
+        attrs(proxy.ro, "standby").1
+    );
+    let (ok, out) = attrs(proxy.rw, "standby");
+    assert!(
+        !ok && out.contains("not in hot standby"),
+        "rw as standby: {out}"
+    );
+    let (ok, out) = attrs(proxy.ro, "primary");
+    assert!(
+        !ok && out.contains("in hot standby"),
+        "ro as primary: {out}"
+    );
+
+    // TLS towards servers: the leader gets a certificate; with
+    // server_tls_sslmode verify-full the proxy's server connection to it is
+    // encrypted, and a replica without TLS is refused rather than used in plain.
+    let run = |args: &[&str]| {
+        let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?}");
+    };
+    let dir = tls_dir.display().to_string();
+    run(&["chown", "-R", "postgres:postgres", &dir]);
+    run(&["chmod", "600", &format!("{dir}/server.key")]);
+    // ALTER SYSTEM refuses to run in a multi-statement (transaction) batch.
+    for sql in [
+        format!("alter system set ssl_cert_file = '{dir}/server.pem'"),
+        format!("alter system set ssl_key_file = '{dir}/server.key'"),
+        "alter system set ssl = on".to_string(),
+        "select pg_reload_conf()".to_string(),
+    ] {
+        cluster
+            .execute(&leader, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let server_tls = start_proxy(
+        &cluster,
+        &userlist(&[("postgres", PASSWORD), ("app", &app)]),
+        &format!("  server_tls_sslmode: verify-full\n  server_tls_ca_file: {dir}/ca.pem\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = psql(format!(
+            "host=127.0.0.1 port={} user=app dbname=postgres",
+            server_tls.rw
+        ));
+        if ok {
+            assert_eq!(out, "true", "the proxy's server connection uses TLS");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server_tls_sslmode verify-full through the proxy: {out}\n{}",
+            server_tls.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = psql(format!(
+        "host=127.0.0.1 port={} user=app dbname=postgres",
+        server_tls.ro
+    ));
+    assert!(
+        !ok,
+        "a replica without TLS must not be used in plain: {out}"
+    );
+    assert!(
+        !server_tls.log().contains("panicked"),
+        "{}",
+        server_tls.log()
+    );
+    drop(server_tls);
+    for sql in ["alter system reset ssl", "select pg_reload_conf()"] {
+        cluster
+            .execute(&leader, sql)
+            .await
+            .expect("turning TLS off again");
+    }
+
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
     // The other proxies' server connections go away with them.
     drop((tls, proxy));
