@@ -64,7 +64,8 @@ def add_extra_profiles():
     for item in filter(None, (s.strip() for s in spec.split(','))):
         name, _, t = item.partition('=')
         try:
-            ttl, lw, rt = (int(x) for x in t.split('/'))
+            # pgwarden accepts fractions of a second for loop_wait and retry_timeout
+            ttl, lw, rt = (float(x) if '.' in x else int(x) for x in t.split('/'))
         except ValueError:
             sys.exit('BENCH_EXTRA_PROFILES: %r is not name=ttl/loop_wait/retry_timeout' % item)
         bl.PROFILES[name] = dict(ttl=ttl, loop_wait=lw, retry_timeout=rt)

@@ -9,7 +9,8 @@
 #   --boot-runs N          bootstrap runs per profile and manager (default 3)
 #   --profiles LIST        comma list of timing profiles (default native,tuned,fast). bl.py knows
 #                          default (30/10/10), tuned (10/2/4), fast (5/1/2), native (no timing keys);
-#                          NAME=TTL/LOOP_WAIT/RETRY_TIMEOUT adds one, e.g. pgw-fast=6/1/2
+#                          NAME=TTL/LOOP_WAIT/RETRY_TIMEOUT adds one, e.g. pgw-fast=2/0.5/0.75
+#                          (fractions are pgwarden-only: Patroni wants whole seconds)
 #   --idle-seconds S       idle footprint window per profile, 0 skips it (default 60)
 #   --cpu-seconds S        no-false-failover CPU-load duration (pgbench -c 4 -j 2 -T S; default 300)
 #   --etcd-moves N         etcd leader moves / member restarts in the no-false-failover checks (default 5)
@@ -82,7 +83,7 @@ IFS=',' read -r -a _ps <<< "$PROFILES"
 for p in "${_ps[@]}"; do
   [ -n "$p" ] || continue
   if [[ $p == *=* ]]; then
-    [[ $p =~ ^[A-Za-z0-9_-]+=[0-9]+/[0-9]+/[0-9]+$ ]] || die "profile '$p' is not NAME=TTL/LOOP_WAIT/RETRY_TIMEOUT"
+    [[ $p =~ ^[A-Za-z0-9_-]+=[0-9]+/[0-9.]+/[0-9.]+$ ]] || die "profile '$p' is not NAME=TTL/LOOP_WAIT/RETRY_TIMEOUT"
     EXTRA="${EXTRA:+$EXTRA,}$p"; PLIST+=("${p%%=*}")
   else
     case "$p" in default|tuned|fast|native) PLIST+=("$p");; *) die "unknown profile '$p' (use NAME=TTL/LW/RT for a new one)";; esac

@@ -9,7 +9,7 @@ use pgwarden_config::AgentConfig;
 use pgwarden_dcs::{Dcs, LeaseId, WatchEvent};
 use pgwarden_engine::{decide, DcsView, Memory, NodeIdentity, Observation, TaskOutcome};
 use pgwarden_postgres::Postgres;
-use pgwarden_types::{ClusterSnapshot, DynamicConfig, LocalPgState};
+use pgwarden_types::{display_seconds, ClusterSnapshot, DynamicConfig, LocalPgState};
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -182,7 +182,7 @@ impl Agent {
                 if shutting_down && done {
                     break;
                 }
-                let next = started + Duration::from_secs(self.dynamic.loop_wait.max(1));
+                let next = started + self.dynamic.loop_wait.max(DynamicConfig::MIN_SUBSECOND);
                 tokio::select! {
                     () = &mut shutdown, if !shutting_down => {
                         info!("received shutdown request: stopping PostgreSQL and handing over leadership");
@@ -206,7 +206,7 @@ impl Agent {
     }
 
     fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.dynamic.retry_timeout.max(1))
+        self.dynamic.retry_timeout.max(DynamicConfig::MIN_SUBSECOND)
     }
 
     /// Patroni refuses to start when a live member already uses its name.
@@ -309,7 +309,7 @@ impl Agent {
             Err(_) => {
                 warn!(
                     "etcd did not answer within retry_timeout ({}s)",
-                    self.dynamic.retry_timeout
+                    display_seconds(self.dynamic.retry_timeout)
                 );
                 DcsView::Unreachable
             }
@@ -482,7 +482,9 @@ impl Agent {
             if raw.is_some() {
                 info!(
                     "dynamic configuration in effect: ttl={} loop_wait={} retry_timeout={}",
-                    dynamic.ttl, dynamic.loop_wait, dynamic.retry_timeout
+                    dynamic.ttl,
+                    display_seconds(dynamic.loop_wait),
+                    display_seconds(dynamic.retry_timeout)
                 );
             }
             let settings = crate::postgres_settings(&self.config, &dynamic);

@@ -18,8 +18,8 @@ use pgwarden_dcs::{Dcs, LeaseId, Precondition};
 use pgwarden_engine::{Action, DemoteMode, TaskKind, TaskOutcome};
 use pgwarden_postgres::{ConfigRole, Postgres, StopMode, Upstream};
 use pgwarden_types::{
-    slot_name_for_member, ClusterSnapshot, ClusterStatus, DynamicConfig, FailoverRequest,
-    HistoryLine, LocalPgState,
+    seconds_value, slot_name_for_member, ClusterSnapshot, ClusterStatus, DynamicConfig,
+    FailoverRequest, HistoryLine, LocalPgState,
 };
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -670,13 +670,15 @@ fn seed_config(config: &AgentConfig) -> serde_json::Value {
     let typed = &config.bootstrap.dcs;
     if let Some(map) = raw.as_object_mut() {
         for (key, value) in [
-            ("ttl", typed.ttl),
-            ("loop_wait", typed.loop_wait),
-            ("retry_timeout", typed.retry_timeout),
-            ("maximum_lag_on_failover", typed.maximum_lag_on_failover),
+            ("ttl", serde_json::Value::from(typed.ttl)),
+            ("loop_wait", seconds_value(typed.loop_wait)),
+            ("retry_timeout", seconds_value(typed.retry_timeout)),
+            (
+                "maximum_lag_on_failover",
+                serde_json::Value::from(typed.maximum_lag_on_failover),
+            ),
         ] {
-            map.entry(key)
-                .or_insert_with(|| serde_json::Value::from(value));
+            map.entry(key).or_insert(value);
         }
     }
     raw

@@ -349,7 +349,7 @@ fn keepalive_interval(dynamic: &DynamicConfig) -> Duration {
     let third_of_ttl = dynamic.ttl.saturating_mul(1000) / 3;
     Duration::from_millis(
         third_of_ttl
-            .min(dynamic.loop_wait.saturating_mul(1000))
+            .min(u64::try_from(dynamic.loop_wait.as_millis()).unwrap_or(u64::MAX))
             .max(250),
     )
 }
@@ -671,10 +671,10 @@ pub fn spawn_watchdog(
 mod tests {
     use super::*;
 
-    fn timings(ttl: u64, loop_wait: u64) -> DynamicConfig {
+    fn timings(ttl: u64, loop_wait_ms: u64) -> DynamicConfig {
         DynamicConfig {
             ttl,
-            loop_wait,
+            loop_wait: Duration::from_millis(loop_wait_ms),
             ..DynamicConfig::default()
         }
     }
@@ -682,18 +682,33 @@ mod tests {
     #[test]
     fn keepalive_runs_once_per_loop_wait_and_thrice_per_ttl() {
         // Defaults (4/1/1) and the test profile (10/1/3): once per loop_wait.
-        assert_eq!(keepalive_interval(&timings(4, 1)), Duration::from_secs(1));
-        assert_eq!(keepalive_interval(&timings(10, 1)), Duration::from_secs(1));
+        assert_eq!(
+            keepalive_interval(&timings(4, 1000)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            keepalive_interval(&timings(10, 1000)),
+            Duration::from_secs(1)
+        );
         // Patroni's defaults (30/10/10): a third of ttl beats loop_wait.
         assert_eq!(
-            keepalive_interval(&timings(30, 10)),
+            keepalive_interval(&timings(30, 10_000)),
             Duration::from_secs(10)
         );
-        assert_eq!(keepalive_interval(&timings(12, 10)), Duration::from_secs(4));
-        // Fast profile 3/1/1: every second leaves retries before the 2.4 s fence.
-        let fast = timings(3, 1);
-        let interval = keepalive_interval(&fast);
+        assert_eq!(
+            keepalive_interval(&timings(12, 10_000)),
+            Duration::from_secs(4)
+        );
+        // 3/1/1: every second leaves retries before the 2.4 s fence.
+        let three = timings(3, 1000);
+        let interval = keepalive_interval(&three);
         assert_eq!(interval, Duration::from_secs(1));
+        assert!(interval.as_millis() * 2 < u128::from(three.fence_deadline_ms()));
+        // Fast profile 2/0.5/0.75: every 500 ms, two renewals before the 1.5 s fence.
+        let fast = timings(2, 500);
+        let interval = keepalive_interval(&fast);
+        assert_eq!(interval, Duration::from_millis(500));
+        assert_eq!(fast.fence_deadline_ms(), 1500);
         assert!(interval.as_millis() * 2 < u128::from(fast.fence_deadline_ms()));
         // Never below 250 ms.
         assert_eq!(

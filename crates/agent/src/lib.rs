@@ -26,11 +26,11 @@ mod rest;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pgwarden_config::AgentConfig;
 use pgwarden_dcs::{Dcs, EtcdDcs, EtcdSettings};
 use pgwarden_postgres::{PgSettings, Postgres};
+use pgwarden_types::DynamicConfig;
 
 pub use cycle::Agent;
 
@@ -110,7 +110,7 @@ pub async fn connect_dcs(config: &AgentConfig) -> Result<Arc<dyn Dcs>, AgentErro
         scope: config.scope.clone(),
         username: config.etcd.username.clone(),
         password: config.etcd.password.clone(),
-        request_timeout: Duration::from_secs(dynamic.retry_timeout.max(1)),
+        request_timeout: dynamic.retry_timeout.max(DynamicConfig::MIN_SUBSECOND),
     };
     let dcs = EtcdDcs::connect(settings)
         .await

@@ -155,7 +155,7 @@ pub fn node_status(
                 .is_some_and(|sync| sync.value.standbys().contains(&config.name.to_lowercase()))
     };
     let next_cycle = chrono::Utc::now().timestamp_millis()
-        + i64::try_from(dynamic.loop_wait.saturating_mul(1000)).unwrap_or(i64::MAX);
+        + i64::try_from(dynamic.loop_wait.as_millis()).unwrap_or(i64::MAX);
     let mut status = NodeStatus::starting(&config.scope, &config.name, next_cycle);
     status.state = pg_state(local, task);
     status.role = pg_role(local);

@@ -400,7 +400,7 @@ async fn switch(backend: Backend, body: Bytes, switchover: bool) -> Response {
     }
     let old = snapshot.leader_name().map(str::to_string);
     let loop_wait = backend.status().loop_wait;
-    let bound = Duration::from_secs(2 * loop_wait.max(10));
+    let bound = 2 * loop_wait.max(Duration::from_secs(10));
     wait_for_new_leader(dcs.as_ref(), old, planned.candidate, switchover, bound).await
 }
 

@@ -6,6 +6,8 @@
 //! health-check rules built from it are pure functions of it (plus `now` for
 //! `/liveness`).
 
+use std::time::Duration;
+
 use pgwarden_types::{DynamicConfig, LocalPgState, Lsn, PgState, Role, Tags, Timeline};
 use serde_json::Value;
 
@@ -67,8 +69,8 @@ pub struct NodeStatus {
     pub last_reason: String,
     /// Dynamic `ttl` in seconds.
     pub ttl: u64,
-    /// Dynamic `loop_wait` in seconds.
-    pub loop_wait: u64,
+    /// Dynamic `loop_wait`.
+    pub loop_wait: Duration,
     /// Dynamic `maximum_lag_on_failover` in bytes (default for `/readiness?lag=`).
     pub maximum_lag_on_failover: u64,
     /// The leader's last published WAL position (`status.optime`), the reference for lag.

@@ -113,7 +113,7 @@ async fn start(security: ApiSecurity, answer: Result<String, String>) -> Server 
     status.state = PgState::Running;
     status.role = Role::Replica;
     status.server_version = Some(150_004);
-    status.loop_wait = 1;
+    status.loop_wait = std::time::Duration::from_secs(1);
     let backend = Arc::new(Backend {
         dcs,
         status,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use pgwarden_dcs::{Dcs, EtcdDcs, EtcdSettings, Precondition};
-use pgwarden_types::{ClusterSnapshot, FailoverRequest, HistoryLine, Member};
+use pgwarden_types::{display_seconds, ClusterSnapshot, FailoverRequest, HistoryLine, Member};
 use serde_json::{json, Value};
 
 pub use list::render_list;
@@ -892,7 +892,7 @@ async fn reload(
             Ok((202, _)) => println!(
                 "Reload request received for member {} and will be processed within {} seconds",
                 m.name,
-                snap.dynamic_config().loop_wait
+                display_seconds(snap.dynamic_config().loop_wait)
             ),
             Ok((code, text)) => {
                 failed += 1;

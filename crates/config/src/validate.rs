@@ -663,10 +663,10 @@ pub(crate) fn normalize_dynamic(raw: &mut Value) {
         "check_timeline",
         "pause",
     ];
+    // Seconds that may be fractions (a pgwarden extension); whole values stay integers.
+    const SECONDS: &[&str] = &["loop_wait", "retry_timeout"];
     const INTS: &[&str] = &[
         "ttl",
-        "loop_wait",
-        "retry_timeout",
         "maximum_lag_on_failover",
         "maximum_lag_on_syncnode",
         "primary_start_timeout",
@@ -699,6 +699,15 @@ pub(crate) fn normalize_dynamic(raw: &mut Value) {
         if let Some(v @ Value::String(_)) = map.get_mut(*key) {
             if let Some(n) = v.as_str().and_then(|s| s.trim().parse::<i64>().ok()) {
                 *v = Value::from(n);
+            }
+        }
+    }
+    for key in SECONDS {
+        if let Some(v @ Value::String(_)) = map.get_mut(*key) {
+            if let Some(secs) = v.as_str().and_then(|s| s.trim().parse::<f64>().ok()) {
+                if (0.0..1e9).contains(&secs) {
+                    *v = pgwarden_types::seconds_value(std::time::Duration::from_secs_f64(secs));
+                }
             }
         }
     }
@@ -1163,6 +1172,12 @@ mod tests {
         let mut quorum = json!({"synchronous_mode": "quorum"});
         normalize_dynamic(&mut quorum);
         assert_eq!(quorum, json!({"synchronous_mode": "quorum"}));
+        let mut fast = json!({"ttl": "2", "loop_wait": "0.5", "retry_timeout": "1", "x": "0.5"});
+        normalize_dynamic(&mut fast);
+        assert_eq!(
+            fast,
+            json!({"ttl": 2, "loop_wait": 0.5, "retry_timeout": 1, "x": "0.5"})
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use pgwarden_config::{load_path, load_str, AgentConfig, ConfigError, WatchdogMode};
 use pgwarden_types::{DynamicConfig, SynchronousMode};
@@ -177,7 +178,7 @@ fn harness_file_values() {
             cfg.bootstrap.dcs.loop_wait,
             cfg.bootstrap.dcs.retry_timeout
         ),
-        (10, 2, 4)
+        (10, Duration::from_secs(2), Duration::from_secs(4))
     );
     assert!(cfg.bootstrap.dcs.use_pg_rewind && cfg.bootstrap.dcs.use_slots);
     assert_eq!(cfg.bootstrap.dcs.parameters["hot_standby"], "on");
@@ -581,7 +582,10 @@ fn merged_parameters_and_effective_dynamic() {
     let from_dcs = cfg.effective_dynamic(Some(
         &json!({"ttl": "20", "loop_wait": 5, "retry_timeout": 5, "pause": "on"}),
     ));
-    assert_eq!((from_dcs.ttl, from_dcs.loop_wait), (20, 5));
+    assert_eq!(
+        (from_dcs.ttl, from_dcs.loop_wait),
+        (20, Duration::from_secs(5))
+    );
     assert!(from_dcs.pause);
     // An invalid config key falls back to bootstrap.dcs rather than inventing values.
     let fallback = cfg.effective_dynamic(Some(

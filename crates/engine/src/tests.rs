@@ -179,8 +179,8 @@ fn fence_deadline_follows_the_dynamic_ttl() {
 fn bootstrap_config_is_used_before_the_config_key_exists() {
     let base = b().no_config_key().leader("n2").primary().me_mut(|me| {
         me.bootstrap_config.ttl = 30;
-        me.bootstrap_config.loop_wait = 10;
-        me.bootstrap_config.retry_timeout = 10;
+        me.bootstrap_config.loop_wait = std::time::Duration::from_secs(10);
+        me.bootstrap_config.retry_timeout = std::time::Duration::from_secs(10);
     });
     let d = base.clone().renewed_ago(20_000).run();
     assert_eq!(d.actions[0], RenewLeader);
@@ -1695,4 +1695,109 @@ fn reinitialize_from_leader_skips_clonefrom_members() {
         .finished(TaskKind::Clone, true)
         .run();
     assert!(!done.memory.clone_from_leader);
+}
+
+/// A running replica on timeline 1 that replayed up to `replay` while the
+/// leader (n1) forked timeline 2 off timeline 1 at 2000.
+fn replica_behind_fork(replay: u64) -> B {
+    forked_at(
+        b().leader("n1").local(local_replica(replay, Some("n1"))),
+        2000,
+        1500,
+    )
+    .member_mut("n1", |m| m.data.checkpoint_after_promote = Some(true))
+    .memory(|m| m.last_leader = Some("n1".into()))
+}
+
+#[test]
+fn replica_past_the_fork_is_rewound_after_a_ttl() {
+    // Replayed past the switch point: PostgreSQL cannot follow timeline 2.
+    let stuck = replica_behind_fork(2500);
+    let first = expect(
+        &stuck,
+        vec![],
+        &["no action: I am (n2), a secondary, and following a leader (n1)"],
+    );
+    let since = first.memory.diverged_replica_since_ms;
+    assert_eq!(
+        since,
+        Some(stuck.obs.now_ms),
+        "the first sighting is remembered"
+    );
+    // Still within a ttl (10 s in the test timing): nothing yet.
+    let early = stuck
+        .clone()
+        .memory(|m| m.diverged_replica_since_ms = Some(stuck.obs.now_ms - 9_000));
+    expect(&early, vec![], &["following a leader (n1)"]);
+    // A whole ttl later, without pg_rewind and without permission to wipe: stay, say why.
+    let late = stuck
+        .clone()
+        .memory(|m| m.diverged_replica_since_ms = Some(stuck.obs.now_ms - 10_000));
+    expect(
+        &late,
+        vec![],
+        &[
+            "replayed timeline 1 up to 0/9C4, past its switch to timeline 2 at 0/7D0",
+            "reinitialize",
+        ],
+    );
+    // With pg_rewind: stop, then rewind from the leader.
+    let rewind = late
+        .clone()
+        .config(json!({"postgresql": {"use_pg_rewind": true}}));
+    expect(
+        &rewind,
+        vec![
+            Stop,
+            Rewind {
+                source: "n1".into(),
+            },
+        ],
+        &["pg_rewind from (n1)"],
+    );
+    // ...but not before the leader checkpointed after its promotion.
+    expect(
+        &rewind
+            .clone()
+            .member_mut("n1", |m| m.data.checkpoint_after_promote = Some(false)),
+        vec![],
+        &["waiting for leader (n1) to run and checkpoint"],
+    );
+    // A failed rewind wipes only when allowed.
+    let failed = rewind.clone().memory(|m| {
+        m.rewind_failed = true;
+        m.last_leader = Some("n1".into());
+    });
+    expect(&failed, vec![], &["reinitialize"]);
+    expect(
+        &failed.config(json!({"postgresql": {"use_pg_rewind": true,
+            "remove_data_directory_on_rewind_failure": true}})),
+        vec![Stop, WipeDataDir],
+        &["removing the data directory"],
+    );
+    expect(
+        &late.config(json!({"postgresql": {"remove_data_directory_on_diverged_timelines": true}})),
+        vec![Stop, WipeDataDir],
+        &["removing the data directory"],
+    );
+}
+
+#[test]
+fn replica_at_or_before_the_fork_just_follows() {
+    for replay in [1500, 2000] {
+        let b = replica_behind_fork(replay)
+            .config(json!({"postgresql": {"use_pg_rewind": true}}))
+            .memory(|m| m.diverged_replica_since_ms = Some(1));
+        let d = expect(&b, vec![], &["following a leader (n1)"]);
+        assert_eq!(
+            d.memory.diverged_replica_since_ms, None,
+            "the sighting is forgotten"
+        );
+    }
+    // Already on the new timeline (its WAL receiver says so): nothing to do.
+    let moved = replica_behind_fork(2500)
+        .local_mut(|l| l.timeline = Some(2))
+        .config(json!({"postgresql": {"use_pg_rewind": true}}))
+        .memory(|m| m.diverged_replica_since_ms = Some(1));
+    expect(&moved, vec![], &["following a leader (n1)"]);
 }

@@ -6,10 +6,11 @@
 //! silently correcting them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::yaml_bool::{coerce_bool, coerce_i64};
+use crate::yaml_bool::{coerce_bool, coerce_i64, coerce_seconds};
 
 /// `synchronous_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,19 +36,41 @@ pub struct TimingRules;
 impl TimingRules {
     /// `loop_wait + 2 * retry_timeout <= ttl`: guarantees a primary that cannot
     /// reach the store demotes before its leader key can expire.
-    pub fn check(ttl: u64, loop_wait: u64, retry_timeout: u64) -> Result<(), DynamicConfigError> {
-        if loop_wait + 2 * retry_timeout > ttl {
+    pub fn check(
+        ttl: u64,
+        loop_wait: Duration,
+        retry_timeout: Duration,
+    ) -> Result<(), DynamicConfigError> {
+        let needed = loop_wait + 2 * retry_timeout;
+        if needed > Duration::from_secs(ttl) {
+            let needed_secs = needed.as_secs() + u64::from(needed.subsec_nanos() > 0);
             return Err(DynamicConfigError {
                 key: "ttl".into(),
                 problem: format!(
-                    "loop_wait + 2*retry_timeout must not exceed ttl, but {loop_wait} + 2*{retry_timeout} = {} > {ttl}; \
-                     raise ttl to at least {} or lower loop_wait/retry_timeout",
-                    loop_wait + 2 * retry_timeout,
-                    loop_wait + 2 * retry_timeout
+                    "loop_wait + 2*retry_timeout must not exceed ttl, but {} + 2*{} = {} > {ttl}; \
+                     raise ttl to at least {needed_secs} or lower loop_wait/retry_timeout",
+                    display_seconds(loop_wait),
+                    display_seconds(retry_timeout),
+                    display_seconds(needed),
                 ),
             });
         }
         Ok(())
+    }
+}
+
+/// Renders a duration in seconds the way the `config` key spells it: `1`, `0.5`.
+pub fn display_seconds(duration: Duration) -> String {
+    seconds_value(duration).to_string()
+}
+
+/// A duration as a JSON number of seconds: an integer when whole (what Patroni
+/// peers expect), a fraction otherwise (pgwarden's sub-second timings).
+pub fn seconds_value(duration: Duration) -> Value {
+    if duration.subsec_millis() == 0 {
+        Value::from(duration.as_secs())
+    } else {
+        Value::from(duration.as_millis() as f64 / 1000.0)
     }
 }
 
@@ -59,8 +82,11 @@ impl TimingRules {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DynamicConfig {
     pub ttl: u64,
-    pub loop_wait: u64,
-    pub retry_timeout: u64,
+    /// Seconds between cycles; fractions (`0.5`) are a pgwarden extension
+    /// that lets the fast profile run at a `ttl` of 2 s.
+    pub loop_wait: Duration,
+    /// Timeout of one store request; fractions allowed as for `loop_wait`.
+    pub retry_timeout: Duration,
     pub maximum_lag_on_failover: u64,
     pub maximum_lag_on_syncnode: i64,
     pub primary_start_timeout: u64,
@@ -142,10 +168,12 @@ pub const DYNAMIC_KEYS: &[&str] = &[
 impl DynamicConfig {
     /// pgwarden's default `ttl` in seconds.
     pub const DEFAULT_TTL: u64 = 4;
-    /// pgwarden's default `loop_wait` in seconds.
-    pub const DEFAULT_LOOP_WAIT: u64 = 1;
-    /// pgwarden's default `retry_timeout` in seconds.
-    pub const DEFAULT_RETRY_TIMEOUT: u64 = 1;
+    /// pgwarden's default `loop_wait`.
+    pub const DEFAULT_LOOP_WAIT: Duration = Duration::from_secs(1);
+    /// pgwarden's default `retry_timeout`.
+    pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The shortest `loop_wait` and `retry_timeout` accepted.
+    pub const MIN_SUBSECOND: Duration = Duration::from_millis(100);
 
     /// Parses and validates a `config` JSON object.
     pub fn from_json(value: &Value) -> Result<DynamicConfig, DynamicConfigError> {
@@ -181,15 +209,36 @@ impl DynamicConfig {
             }
         };
         let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        let seconds = |key: &str| -> Result<Option<Duration>, DynamicConfigError> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => {
+                    let secs = coerce_seconds(v).ok_or_else(|| {
+                        err(
+                            key,
+                            format!("expected a number of seconds (1, 0.5), got {v}"),
+                        )
+                    })?;
+                    let duration = Duration::from_millis((secs * 1000.0).round() as u64);
+                    if !(secs.is_finite() && duration >= Self::MIN_SUBSECOND) || secs > 86_400.0 {
+                        return Err(err(
+                            key,
+                            format!("must be between 0.1 and 86400 seconds, got {v}"),
+                        ));
+                    }
+                    Ok(Some(duration))
+                }
+            }
+        };
 
         if let Some(n) = int("ttl", 2)? {
             cfg.ttl = unsigned(n);
         }
-        if let Some(n) = int("loop_wait", 1)? {
-            cfg.loop_wait = unsigned(n);
+        if let Some(d) = seconds("loop_wait")? {
+            cfg.loop_wait = d;
         }
-        if let Some(n) = int("retry_timeout", 1)? {
-            cfg.retry_timeout = unsigned(n);
+        if let Some(d) = seconds("retry_timeout")? {
+            cfg.retry_timeout = d;
         }
         if let Some(n) = int("maximum_lag_on_failover", 0)? {
             cfg.maximum_lag_on_failover = unsigned(n);
@@ -423,6 +472,36 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "ttl");
         assert!(e.problem.contains("loop_wait + 2*retry_timeout"), "{e}");
+    }
+
+    #[test]
+    fn sub_second_timings_for_the_fast_profile() {
+        let cfg =
+            DynamicConfig::from_json(&json!({"ttl": 2, "loop_wait": 0.5, "retry_timeout": "0.75"}))
+                .unwrap();
+        assert_eq!(cfg.loop_wait, Duration::from_millis(500));
+        assert_eq!(cfg.retry_timeout, Duration::from_millis(750));
+        assert_eq!(seconds_value(cfg.loop_wait), json!(0.5));
+        assert_eq!(seconds_value(Duration::from_secs(2)), json!(2));
+        assert_eq!(display_seconds(cfg.retry_timeout), "0.75");
+        // 0.5 + 2*0.8 = 2.1 > 2: the rule holds with fractions too.
+        let e =
+            DynamicConfig::from_json(&json!({"ttl": 2, "loop_wait": 0.5, "retry_timeout": 0.8}))
+                .unwrap_err();
+        assert_eq!(e.key, "ttl");
+        assert!(e.problem.contains("0.5 + 2*0.8 = 2.1 > 2"), "{e}");
+        assert!(e.problem.contains("at least 3"), "{e}");
+        for bad in [
+            json!(0.05),
+            json!(0),
+            json!(-1),
+            json!("nan"),
+            json!(100_000),
+        ] {
+            let e = DynamicConfig::from_json(&json!({"loop_wait": bad})).unwrap_err();
+            assert_eq!(e.key, "loop_wait");
+            assert!(e.problem.contains("between 0.1 and 86400"), "{e}");
+        }
     }
 
     #[test]

@@ -20,14 +20,14 @@ pub use cluster::{
     Versioned,
 };
 pub use dynamic_config::{
-    render_parameters, DynamicConfig, DynamicConfigError, SynchronousMode, TimingRules,
-    DYNAMIC_KEYS,
+    display_seconds, render_parameters, seconds_value, DynamicConfig, DynamicConfigError,
+    SynchronousMode, TimingRules, DYNAMIC_KEYS,
 };
 pub use local::{DataDirState, LocalPgState, PgClusterState, ReplicationRow};
 pub use lsn::{Lsn, LsnParseError, Timeline};
 pub use member::{MemberData, PgState, Role};
 pub use tags::Tags;
-pub use yaml_bool::{coerce_bool, coerce_i64};
+pub use yaml_bool::{coerce_bool, coerce_i64, coerce_seconds};
 
 /// The version string pgwarden publishes in member keys and `/patroni`.
 ///

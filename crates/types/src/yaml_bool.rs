@@ -31,6 +31,16 @@ pub fn coerce_i64(value: &Value) -> Option<i64> {
     }
 }
 
+/// Interprets a JSON value as a number of seconds, fractions allowed, accepting
+/// numeric strings (`"0.5"`).
+pub fn coerce_seconds(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
