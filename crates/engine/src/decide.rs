@@ -281,7 +281,16 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
             let deadline = memory
                 .fence_deadline_ms
                 .unwrap_or_else(|| obs.me.bootstrap_config.fence_deadline_ms());
-            let out = fencing::check(obs, memory, &mem, deadline).unwrap_or_else(|| {
+            let fence = fencing::check(obs, memory, &mem, deadline);
+            // A shutdown stops PostgreSQL unless fencing already does.
+            let fence = match fence {
+                Some(out) if !out.actions.is_empty() => Some(out),
+                _ if obs.shutdown_requested && obs.running_task.is_none() => {
+                    Some(shutdown_without_store(obs, &mem))
+                }
+                other => other,
+            };
+            let out = fence.unwrap_or_else(|| {
                 Outcome::none(match obs.running_task {
                     Some(kind) => format!(
                         "DCS is not accessible; running {} (nothing else to do)",
@@ -299,6 +308,7 @@ pub fn decide(obs: &Observation, memory: &Memory) -> Decision {
                 obs.me.bootstrap_config.clone()
             };
             let paused = cfg.pause;
+            mem.paused = paused;
             if let Some(name) = snap.leader_name() {
                 if mem.last_leader.as_deref() != Some(name) {
                     // A new leader is a new rewind source: try again.
@@ -537,6 +547,25 @@ fn shutdown(ctx: &mut Ctx<'_>) -> Outcome {
         ),
         (false, false) => Outcome::none("shutting down: postgres is stopped"),
     }
+}
+
+/// SIGTERM while the store cannot be reached: PostgreSQL is still stopped
+/// (stopping never makes a second primary), but the leader key cannot be
+/// released, so a key of mine expires with its lease.
+fn shutdown_without_store(obs: &Observation, mem: &Memory) -> Outcome {
+    if mem.paused {
+        return Outcome::none(
+            "shutting down: DCS is not accessible and the cluster was paused; leaving postgres alone",
+        );
+    }
+    if obs.local.postmaster_pid.is_some() {
+        return Outcome::new(
+            vec![Action::Stop],
+            "shutting down: stopping postgres; DCS is not accessible, so my leader key (if any) \
+             expires with its lease",
+        );
+    }
+    Outcome::none("shutting down: postgres is stopped; DCS is not accessible")
 }
 
 /// An operator's restart or reinitialize request (the store answered, no

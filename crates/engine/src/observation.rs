@@ -237,6 +237,9 @@ pub struct Memory {
     /// When this node stopped its primary for a switchover; until a new
     /// leader shows up (at most ttl) it waits instead of starting read-only.
     pub switchover_demoted_ms: Option<u64>,
+    /// The cluster was paused when the store was last read (a shutdown while
+    /// the store is unreachable then leaves PostgreSQL alone, as in pause).
+    pub paused: bool,
     /// When each member was last seen in the store (`member_slots_ttl`: the
     /// leader keeps the slot of a member that vanished for that long, so a
     /// member that comes back after a short outage streams without a re-clone).

@@ -1801,3 +1801,44 @@ fn replica_at_or_before_the_fork_just_follows() {
         .memory(|m| m.diverged_replica_since_ms = Some(1));
     expect(&moved, vec![], &["following a leader (n1)"]);
 }
+
+#[test]
+fn shutdown_without_the_store_still_stops_postgres() {
+    // A replica: stop PostgreSQL, there is nothing to release.
+    expect(
+        &b().leader("n1").unreachable().shutdown(),
+        vec![Stop],
+        &["shutting down: stopping postgres", "DCS is not accessible"],
+    );
+    // A primary whose lease is still fresh: stop it; the key expires with the lease.
+    expect(
+        &b().leader("n2")
+            .primary()
+            .held_lock()
+            .unreachable()
+            .shutdown(),
+        vec![Stop],
+        &["expires with its lease"],
+    );
+    // Already stopped: the agent may exit.
+    expect(
+        &b().local(local_stopped(PgClusterState::ShutDownInRecovery, true))
+            .unreachable()
+            .shutdown(),
+        vec![],
+        &["postgres is stopped"],
+    );
+    // Paused when the store was last seen: leave PostgreSQL alone, as in pause.
+    expect(
+        &b().leader("n1")
+            .unreachable()
+            .shutdown()
+            .memory(|m| m.paused = true),
+        vec![],
+        &["paused", "alone"],
+    );
+    // The pause flag is remembered from the last snapshot.
+    let seen = b().leader("n1").config(json!({"pause": true})).run();
+    assert!(seen.memory.paused);
+    assert!(!b().leader("n1").run().memory.paused);
+}
