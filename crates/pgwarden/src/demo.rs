@@ -257,6 +257,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         command
             .arg("agent")
             .arg(&config_path)
+            // Out of the terminal's process group: Ctrl-C reaches only the demo,
+            // which then stops the agents first and etcd last (a Ctrl-C sent to
+            // the whole group would kill etcd under agents still shutting down).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -368,6 +372,7 @@ fn start_etcd(args: &DemoArgs, dir: &Path, cluster: &mut Cluster) -> anyhow::Res
             .arg("--experimental-enable-lease-checkpoint-persist")
             // etcd 3.4's default (deprecated) logger crashes on the first warning.
             .arg("--logger=zap")
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -582,6 +587,7 @@ proxy:
     let child = Command::new(exe)
         .arg("proxy")
         .arg(&config)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -104,3 +104,72 @@ fn free_base(offsets: &[u16]) -> u16 {
     }
     panic!("no free port range found on 127.0.0.1");
 }
+
+/// Ctrl-C in a terminal signals the whole foreground process group: the demo
+/// must stop everything in order (agents while etcd still runs, then etcd)
+/// and leave nothing behind.
+#[test]
+fn ctrl_c_to_the_terminal_group_stops_the_demo_and_leaves_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::Builder::new()
+        .prefix("pgwarden-demo-ctrlc-")
+        .tempdir()
+        .unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let ports = [
+        ("--pg-port", free_base(&[0, 1, 2])),
+        ("--api-port", free_base(&[0, 1, 2])),
+        ("--etcd-port", free_base(&[0, 1, 10, 11, 20, 21])),
+        ("--proxy-port", free_base(&[0, 1, 2])),
+    ];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgwarden"));
+    command.args(["demo", "--dir"]).arg(&cluster_dir);
+    for (flag, port) in ports {
+        command.args([flag, &port.to_string()]);
+    }
+    // Its own process group stands in for the terminal's foreground group.
+    let mut demo = command
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = nix::unistd::Pid::from_raw(-i32::try_from(demo.id()).unwrap());
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the demo ended before it was ready:\n{seen}"))
+            .unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "demo exit {status}: {}", rest.join("\n"));
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    // Every agent ended by itself: one killed at the demo's deadline (the
+    // stop hanging without etcd) never logs this line.
+    for node in ["node1", "node2", "node3"] {
+        let log = std::fs::read_to_string(cluster_dir.join(format!("{node}.log"))).unwrap();
+        assert!(
+            log.contains("pgwarden agent stopped"),
+            "{node} did not stop by itself:\n{log}"
+        );
+        // etcd is stopped after the agents, not under them.
+        let after = log.split("received shutdown request").nth(1).unwrap_or("");
+        assert!(
+            !after.contains("etcd is not accessible"),
+            "{node} lost etcd while stopping:\n{log}"
+        );
+    }
+    let left = processes_mentioning(&cluster_dir.display().to_string());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}
