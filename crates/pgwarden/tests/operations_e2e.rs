@@ -186,14 +186,7 @@ async fn pause_stops_failover_until_resume() {
         )
         .await;
 
-    let old_i = cluster.index_of(&old);
-    let agent_pid = cluster.nodes[old_i]
-        .agent
-        .as_ref()
-        .map(|child| i32::try_from(child.id()).unwrap())
-        .unwrap();
-    support::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-    cluster.kill_postmaster(old_i);
+    cluster.kill_host(cluster.index_of(&old));
 
     // Three ttl periods: the key expires, and still nobody promotes.
     let ttl = Duration::from_secs(cluster.options.timing.ttl);

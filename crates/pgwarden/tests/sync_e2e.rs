@@ -51,11 +51,6 @@ async fn killing_the_primary_promotes_the_sync_standby_without_losing_writes() {
         .await
         .unwrap();
     let old_i = cluster.index_of(&old);
-    let agent_pid = cluster.nodes[old_i]
-        .agent
-        .as_ref()
-        .map(|child| i32::try_from(child.id()).unwrap())
-        .unwrap();
 
     let stop = AtomicBool::new(false);
     let scenario = async {
@@ -67,8 +62,7 @@ async fn killing_the_primary_promotes_the_sync_standby_without_losing_writes() {
             )
             .await;
         // The primary's agent and server die together, mid-stream.
-        support::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-        cluster.kill_postmaster(old_i);
+        cluster.kill_host(old_i);
         let new = cluster
             .wait_for("a new writable leader", Duration::from_secs(60), || async {
                 let leader = cluster.leader().await?;
@@ -202,14 +196,7 @@ async fn async_replica_ahead_of_the_promoted_sync_standby_rewinds_and_follows() 
     );
 
     // The primary host dies; the standby's receiver wakes with nothing more to get.
-    let old_i = cluster.index_of(&old);
-    let agent_pid = cluster.nodes[old_i]
-        .agent
-        .as_ref()
-        .map(|child| i32::try_from(child.id()).unwrap())
-        .unwrap();
-    support::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-    cluster.kill_postmaster(old_i);
+    cluster.kill_host(cluster.index_of(&old));
     support::signal(receiver, nix::sys::signal::Signal::SIGCONT);
     let _ = pending.await;
 

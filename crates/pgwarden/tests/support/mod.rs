@@ -227,6 +227,16 @@ impl TestCluster {
         false
     }
 
+    /// SIGKILL the agent and the postmaster with all its children together,
+    /// like the loss of the whole host. The agent's child handle stays (it is
+    /// reaped on drop), so this needs no exclusive borrow of the cluster.
+    pub fn kill_host(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].agent {
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.kill_postmaster(i);
+    }
+
     /// SIGKILL the postmaster and all its children, like a crash of the server.
     pub fn kill_postmaster(&self, i: usize) {
         if let Some(pid) = self.nodes[i].postmaster_pid() {
